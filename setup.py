@@ -1,0 +1,33 @@
+"""Builds the Cython extension; everything else is in pyproject.toml.
+
+Environment switches:
+  TURBO_QUEUE_DEBUG=1        -O0 -g, Cython line tracing and annotated HTML (for profiling).
+  TURBO_QUEUE_SQLITE_PREFIX  a folder with include/sqlite3.h and lib/libsqlite3.* to build against
+                             instead of the system's SQLite.
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("TURBO_QUEUE_DEBUG") == "1"
+prefix = os.environ.get("TURBO_QUEUE_SQLITE_PREFIX")
+
+extension = Extension(
+    "turbo_queue._core",
+    sources=["src/turbo_queue/_core.pyx"],
+    include_dirs=["src/turbo_queue"] + ([os.path.join(prefix, "include")] if prefix else []),
+    library_dirs=[os.path.join(prefix, "lib")] if prefix else [],
+    libraries=["sqlite3"],
+    extra_compile_args=["-O0", "-g"] if debug else ["-O2"],
+    define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        compiler_directives={"linetrace": debug},
+        annotate=debug,
+    ),
+)

@@ -1,0 +1,63 @@
+# cython: language_level=3
+# The C functions _core.pyx calls: the part of the SQLite C API it uses, and the POSIX helpers
+# of _tq_os.h. Everything here is callable without the GIL.
+
+from libc.stdint cimport int64_t
+
+
+cdef extern from "sqlite3.h" nogil:
+    ctypedef struct sqlite3
+    ctypedef struct sqlite3_stmt
+    ctypedef struct sqlite3_vfs
+    ctypedef void (*sqlite3_destructor_type)(void*)
+
+    int SQLITE_OK, SQLITE_ROW, SQLITE_DONE, SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY
+    int SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT
+    int SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_TOOBIG, SQLITE_NOTADB
+    int SQLITE_OPEN_READONLY, SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE
+    int SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB, SQLITE_NULL
+    int SQLITE_LIMIT_LENGTH
+    sqlite3_destructor_type SQLITE_STATIC
+
+    const char *sqlite3_libversion()
+    int sqlite3_open_v2(const char *filename, sqlite3 **db, int flags, const char *vfs)
+    int sqlite3_close_v2(sqlite3 *db)
+    int sqlite3_exec(sqlite3 *db, const char *sql, void *callback, void *arg, char **errmsg)
+    int sqlite3_prepare_v2(sqlite3 *db, const char *sql, int nbyte, sqlite3_stmt **stmt,
+                           const char **tail)
+    int sqlite3_step(sqlite3_stmt *stmt)
+    int sqlite3_reset(sqlite3_stmt *stmt)
+    int sqlite3_finalize(sqlite3_stmt *stmt)
+    int sqlite3_bind_blob(sqlite3_stmt *stmt, int i, const void *data, int n,
+                          sqlite3_destructor_type destructor)
+    int sqlite3_column_type(sqlite3_stmt *stmt, int col)
+    const void *sqlite3_column_blob(sqlite3_stmt *stmt, int col)
+    int sqlite3_column_bytes(sqlite3_stmt *stmt, int col)
+    int64_t sqlite3_column_int64(sqlite3_stmt *stmt, int col)
+    double sqlite3_column_double(sqlite3_stmt *stmt, int col)
+    const char *sqlite3_errmsg(sqlite3 *db)
+    const char *sqlite3_errstr(int rc)
+    int sqlite3_extended_errcode(sqlite3 *db)
+    int sqlite3_system_errno(sqlite3 *db)
+    int sqlite3_limit(sqlite3 *db, int id, int new_value)
+    sqlite3_vfs *sqlite3_vfs_find(const char *name)
+
+
+cdef extern from "_tq_os.h" nogil:
+    ctypedef struct tq_names:
+        char **names
+        size_t count
+
+    void tq_names_free(tq_names *n)
+    int tq_scan(const char *dir, const char *prefix, const char *suffix, int sort, tq_names *out)
+    long tq_count(const char *dir, const char *prefix, const char *suffix)
+    double tq_now()
+    void tq_sleep(double seconds)
+    int tq_lock_file(const char *path, int create)
+    int tq_fsync_fd(int fd)
+    int tq_fsync_path(const char *path, int is_dir)
+    int tq_rename_noreplace(const char *src, const char *dst)
+    int tq_watch_open(const char *dir)
+    int tq_watch_wait(int fd, double timeout)
+    int tq_has_null_token(const char *p, size_t n)
+    int tq_has_digit_run(const char *p, size_t n, size_t limit)

@@ -1,0 +1,239 @@
+/* Small POSIX helpers for _core.pyx, kept in C so that each runs with the GIL released
+ * and so that platform differences (inotify on Linux only, F_FULLFSYNC on macOS) stay here. */
+#ifndef TQ_OS_H
+#define TQ_OS_H
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <sys/inotify.h>
+#define TQ_HAVE_INOTIFY 1
+#else
+#define TQ_HAVE_INOTIFY 0
+#endif
+
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 0
+#endif
+
+/* File names of one folder scan, each malloc'd, sorted on request. */
+typedef struct {
+    char **names;
+    size_t count;
+    size_t cap;
+} tq_names;
+
+static void tq_names_free(tq_names *n) {
+    size_t i;
+    for (i = 0; i < n->count; i++) free(n->names[i]);
+    free(n->names);
+    n->names = NULL;
+    n->count = n->cap = 0;
+}
+
+static int tq_cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int tq_has_affixes(const char *name, const char *prefix, size_t plen,
+                          const char *suffix, size_t slen) {
+    size_t nlen;
+    if (strncmp(name, prefix, plen) != 0) return 0;
+    if (!slen) return 1;
+    nlen = strlen(name);
+    return nlen >= plen + slen && memcmp(name + nlen - slen, suffix, slen) == 0;
+}
+
+/* Names in `dir` starting with `prefix` and ending with `suffix` (may be "").
+ * Returns 0, or -1 with errno set (the list is then empty). */
+static int tq_scan(const char *dir, const char *prefix, const char *suffix, int sort,
+                   tq_names *out) {
+    DIR *d;
+    struct dirent *e;
+    size_t plen = strlen(prefix), slen = strlen(suffix);
+    int saved;
+    out->names = NULL;
+    out->count = out->cap = 0;
+    d = opendir(dir);
+    if (!d) return -1;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        if (!tq_has_affixes(e->d_name, prefix, plen, suffix, slen)) continue;
+        if (out->count == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : 64;
+            char **grown = (char **)realloc(out->names, cap * sizeof(char *));
+            if (!grown) goto fail;
+            out->names = grown;
+            out->cap = cap;
+        }
+        out->names[out->count] = strdup(e->d_name);
+        if (!out->names[out->count]) goto fail;
+        out->count++;
+        errno = 0;
+    }
+    if (errno) goto fail;
+    closedir(d);
+    if (sort && out->count > 1) qsort(out->names, out->count, sizeof(char *), tq_cmp_names);
+    return 0;
+fail:
+    saved = errno ? errno : ENOMEM;
+    closedir(d);
+    tq_names_free(out);
+    errno = saved;
+    return -1;
+}
+
+/* How many names in `dir` have the prefix and suffix; -1 with errno on error. */
+static long tq_count(const char *dir, const char *prefix, const char *suffix) {
+    DIR *d;
+    struct dirent *e;
+    long n = 0;
+    size_t plen = strlen(prefix), slen = strlen(suffix);
+    d = opendir(dir);
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (tq_has_affixes(e->d_name, prefix, plen, suffix, slen)) n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static double tq_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void tq_sleep(double seconds) {
+    struct timespec ts;
+    if (seconds <= 0) return;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
+}
+
+/* Open (creating if asked) and lock `path` with flock(LOCK_EX|LOCK_NB).
+ * Returns the descriptor; -2 when another open file holds the lock; -1 with errno on error.
+ * flock locks, unlike fcntl record locks, are dropped by the kernel only when the owner's
+ * descriptor closes or the owner dies, which is what tells a dead process from a slow one. */
+static int tq_lock_file(const char *path, int create) {
+    int fd, flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
+    fd = open(path, flags, 0644);
+    if (fd < 0) return -1;
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        if (err == EINTR) continue;
+        close(fd);
+        if (err == EWOULDBLOCK) return -2;
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+static int tq_fsync_fd(int fd) {
+#ifdef F_FULLFSYNC
+    if (fcntl(fd, F_FULLFSYNC) == 0) return 0;
+#endif
+    return fsync(fd);
+}
+
+static int tq_fsync_path(const char *path, int is_dir) {
+    int fd, rc, saved;
+    fd = open(path, O_RDONLY | O_CLOEXEC | (is_dir ? O_DIRECTORY : 0));
+    if (fd < 0) return -1;
+    rc = tq_fsync_fd(fd);
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+/* rename() that refuses to replace an existing target: link() then unlink(), falling back to
+ * rename() where the file system has no hard links. Returns 0, or -1 with errno (EEXIST). */
+static int tq_rename_noreplace(const char *src, const char *dst) {
+    struct stat st;
+    if (link(src, dst) == 0) {
+        if (unlink(src) != 0 && errno != ENOENT) return -1;
+        return 0;
+    }
+    if (errno == EEXIST || errno == ENOENT) return -1;
+    if (lstat(dst, &st) == 0) {
+        errno = EEXIST;
+        return -1;
+    }
+    return rename(src, dst);
+}
+
+/* Wakes a waiting consumer as soon as a file is renamed into the folder (inotify), instead of
+ * polling. Returns a descriptor, or -1 with errno (ENOSYS where there is no inotify). */
+static int tq_watch_open(const char *dir) {
+#if TQ_HAVE_INOTIFY
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return -1;
+    if (inotify_add_watch(fd, dir, IN_MOVED_TO | IN_CREATE) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+#else
+    (void)dir;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Waits up to `timeout` seconds for the watch to fire; drains it. 1 = fired, 0 = timed out. */
+static int tq_watch_wait(int fd, double timeout) {
+    struct pollfd p;
+    char buf[4096];
+    int rc, ms = (int)(timeout * 1000.0 + 0.999);
+    p.fd = fd;
+    p.events = POLLIN;
+    p.revents = 0;
+    rc = poll(&p, 1, ms < 0 ? 0 : ms);
+    if (rc <= 0) return rc < 0 && errno != EINTR ? -1 : 0;
+    while (read(fd, buf, sizeof buf) > 0) {}
+    return 1;
+}
+
+/* True when `p` holds the JSON token null (after ':', ',', '[' or at the start). orjson writes
+ * NaN and Infinity as null where the standard library writes NaN/Infinity, so such output is
+ * redone with the standard library to round-trip exactly as the original package does. */
+static int tq_has_null_token(const char *p, size_t n) {
+    size_t i;
+    for (i = 0; i + 4 <= n; i++) {
+        if (p[i] == 'n' && p[i + 1] == 'u' && p[i + 2] == 'l' && p[i + 3] == 'l' &&
+            (i == 0 || p[i - 1] == ':' || p[i - 1] == ',' || p[i - 1] == '['))
+            return 1;
+    }
+    return 0;
+}
+
+/* True when `p` holds a run of at least `limit` digits: orjson reads integers beyond 64 bits
+ * as floats, where the standard library keeps them exact. */
+static int tq_has_digit_run(const char *p, size_t n, size_t limit) {
+    size_t i, run = 0;
+    for (i = 0; i < n; i++) {
+        if (p[i] >= '0' && p[i] <= '9') {
+            if (++run >= limit) return 1;
+        } else {
+            run = 0;
+        }
+    }
+    return 0;
+}
+
+#endif /* TQ_OS_H */
