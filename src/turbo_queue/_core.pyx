@@ -1223,15 +1223,16 @@ cdef int _read_chunk(sqlite3_stmt *st, _Chunk *c) noexcept nogil:
 cdef class _Getter:
     """The endless iterator returned by Dequeue.get()."""
     cdef Dequeue _q
+    cdef object _empty
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return self._q._next()
+        return self._q._next(self._empty)
 
     def send(self, value):
-        return self._q._next()
+        return self._q._next(self._empty)
 
     def close(self):
         pass
@@ -1349,11 +1350,13 @@ cdef class Dequeue(_QueueBase):
         """Path of the batch this consumer holds, or None."""
         return os.fsdecode(self._path) if self._db != NULL else None
 
-    def get(self):
-        """An endless iterator over events: next() returns the next event in order, or None when no
-        batch is ready right now; the next next() looks again."""
+    def get(self, empty=None):
+        """An endless iterator over events: next() returns the next event in order, or `empty`
+        (default None) when no batch is ready right now; the next next() looks again. Pass another
+        `empty` (any sentinel object) when None is itself a valid event."""
         cdef _Getter g = _Getter.__new__(_Getter)
         g._q = self
+        g._empty = empty
         return g
 
     def get_many(self, Py_ssize_t n, timeout=None):
@@ -1385,13 +1388,13 @@ cdef class Dequeue(_QueueBase):
         ready after waiting `timeout` seconds. The batch is deleted on the next call."""
         return self.get_many(2 ** 62, timeout)
 
-    cdef object _next(self):
+    cdef object _next(self, object empty):
         if self._pos < self._chunk.nrows:
             self._pos += 1
             self._total_gets += 1
             return self._decode_row(&self._chunk.rows[self._pos - 1])
         if self._ensure_rows(self._wait_timeout) != 1:
-            return None
+            return empty
         self._pos += 1
         self._total_gets += 1
         return self._decode_row(&self._chunk.rows[self._pos - 1])

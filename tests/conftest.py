@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import turbo_queue
+
+REPO = Path(__file__).resolve().parent.parent
+LEGACY_VERSION = "0.5.2"
+
+
+def pytest_report_header(config):
+    return f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite {turbo_queue.SQLITE_VERSION}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_use_the_installed_package():
+    # The package must come from site-packages (built and installed), never from src/.
+    assert "site-packages" in turbo_queue.__file__ or os.environ.get("TURBO_QUEUE_ALLOW_SOURCE")
+    assert turbo_queue._core.__file__.endswith((".so", ".pyd"))
+
+
+@pytest.fixture(scope="session")
+def legacy_path():
+    """A side folder holding the pure-Python turbo-queue 0.5.2 (both are named turbo_queue)."""
+    path = Path(os.environ.get("TURBO_QUEUE_LEGACY_PATH", REPO / ".side" / f"tq{LEGACY_VERSION}"))
+    if not (path / "turbo_queue" / "_turbo_queue.py").exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(path),
+             f"turbo-queue=={LEGACY_VERSION}"],
+            check=True,
+        )
+    return path
+
+
+def run_script(code, *, env_path=None, cwd=None, timeout=120, check=True):
+    """Run `code` in a fresh interpreter; with env_path, that folder shadows turbo_queue."""
+    env = dict(os.environ)
+    if env_path is not None:
+        env["PYTHONPATH"] = str(env_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def batch_files(folder, prefix=""):
+    return sorted(n for n in os.listdir(folder) if n.startswith(prefix) and not n.startswith("."))
