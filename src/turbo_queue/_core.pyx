@@ -72,9 +72,15 @@ cdef enum:
     PENDING_MAX = 256
     # Rows read from a batch in one GIL-free pass.
     CHUNK_ROWS = 1024
+    # Rows per multi-row INSERT: one statement execution per group saves SQLite's per-statement
+    # work (about 40% of an insert's instructions, measured with callgrind).
+    INSERT_GROUP = 64
 
 # ... or fewer rows, once this many bytes were read.
 cdef size_t CHUNK_BYTES = 4 << 20
+cdef bytes _INSERT_GROUP_SQL = b"INSERT INTO logs (log_data) VALUES " + b",".join([b"(?)"] * INSERT_GROUP)
+cdef const char *INSERT_ONE = b"INSERT INTO logs (log_data) VALUES (?)"
+cdef const char *INSERT_GROUP_SQL = _INSERT_GROUP_SQL
 
 # The names we write: <epoch seconds>_<nanoseconds, 9 digits>-<owner token>.db. The nanoseconds
 # keep one producer's batches in publish order and batches of one second oldest first.
@@ -153,8 +159,8 @@ cdef object _std_dumps = _stdjson.dumps
 cdef object _std_loads = _stdjson.loads
 cdef object _pickle_dumps = _pickle.dumps
 cdef object _pickle_loads = _pickle.loads
-cdef int ORJSON_OPTS = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-                        | orjson.OPT_PASSTHROUGH_SUBCLASS)
+cdef object ORJSON_OPTS = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                           | orjson.OPT_PASSTHROUGH_SUBCLASS)
 cdef object _msgpack_packb = None
 cdef object _msgpack_unpackb = None
 
@@ -750,6 +756,7 @@ cdef class Enqueue(_QueueBase):
     cdef PyThread_type_lock _mutex
     cdef sqlite3 *_db
     cdef sqlite3_stmt *_ins
+    cdef sqlite3_stmt *_ins_group
     cdef bytes _loading_path
     cdef bytes _ready_path
     cdef bytes _batch_folder
@@ -912,23 +919,28 @@ cdef class Enqueue(_QueueBase):
         self._batch_folder = folder
         cdef const char *path = self._loading_path
         with nogil:
-            rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, FAST_VFS)
+            rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 FAST_VFS)
             if rc == SQLITE_OK:
                 # Rollback journal (never OFF/MEMORY/WAL: a crash mid-write must leave a readable
                 # file); no fsync per commit: publishing is what makes a batch safe.
                 rc = sqlite3_exec(db, b"PRAGMA synchronous=OFF; PRAGMA journal_mode=DELETE; "
-                                  b"PRAGMA cache_size=-65536; BEGIN; "
+                                  b"PRAGMA page_size=65536; PRAGMA cache_size=-65536; BEGIN; "
                                   b"CREATE TABLE logs (log_data json)", NULL, NULL, NULL)
             if rc == SQLITE_OK:
-                rc = sqlite3_prepare_v2(db, b"INSERT INTO logs (log_data) VALUES (?)", -1,
-                                        &self._ins, NULL)
+                rc = sqlite3_prepare_v2(db, INSERT_ONE, -1, &self._ins, NULL)
+            if rc == SQLITE_OK:
+                rc = sqlite3_prepare_v2(db, INSERT_GROUP_SQL, -1, &self._ins_group, NULL)
             sys_err = sqlite3_system_errno(db) if db != NULL else 0
         if rc != SQLITE_OK:
             try:
                 raise_sqlite(rc, db, sys_err, "create batch", self._loading_path)
             finally:
+                sqlite3_finalize(self._ins)
+                sqlite3_finalize(self._ins_group)
                 sqlite3_close_v2(db)
                 self._ins = NULL
+                self._ins_group = NULL
                 try:
                     os.unlink(self._loading_path)
                 except OSError:
@@ -941,9 +953,10 @@ cdef class Enqueue(_QueueBase):
         return 0
 
     cdef int _insert_pending_locked(self) except -1:
-        cdef Py_ssize_t n = len(self._pending), i, done = 0
+        cdef Py_ssize_t n = len(self._pending), i, j
         cdef int rc = SQLITE_DONE, sys_err = 0
         cdef sqlite3_stmt *ins = self._ins
+        cdef sqlite3_stmt *group = self._ins_group
         if n == 0:
             return 0
         cdef const char **data = <const char **>malloc(n * sizeof(char *))
@@ -958,14 +971,26 @@ cdef class Enqueue(_QueueBase):
                 data[i] = PyBytes_AS_STRING(b)
                 sizes[i] = <int>PyBytes_GET_SIZE(b)
             with nogil:
-                for i in range(n):
+                i = 0
+                while n - i >= INSERT_GROUP:
+                    for j in range(INSERT_GROUP):
+                        rc = sqlite3_bind_blob(group, j + 1, data[i + j], sizes[i + j], SQLITE_STATIC)
+                        if rc != SQLITE_OK:
+                            break
+                    if rc == SQLITE_OK:
+                        rc = sqlite3_step(group)
+                    sqlite3_reset(group)
+                    if rc != SQLITE_DONE:
+                        break
+                    i += INSERT_GROUP
+                while rc == SQLITE_DONE and i < n:
                     rc = sqlite3_bind_blob(ins, 1, data[i], sizes[i], SQLITE_STATIC)
                     if rc == SQLITE_OK:
                         rc = sqlite3_step(ins)
                     sqlite3_reset(ins)
-                    if rc != SQLITE_DONE:
-                        sys_err = sqlite3_system_errno(self._db)
-                        break
+                    i += 1
+                if rc != SQLITE_DONE:
+                    sys_err = sqlite3_system_errno(self._db)
         finally:
             free(data)
             free(sizes)
@@ -986,9 +1011,11 @@ cdef class Enqueue(_QueueBase):
         finally:
             sqlite3_exec(self._db, b"ROLLBACK", NULL, NULL, NULL)
             sqlite3_finalize(self._ins)
+            sqlite3_finalize(self._ins_group)
             sqlite3_close_v2(self._db)
             self._db = NULL
             self._ins = NULL
+            self._ins_group = NULL
             self._count = 0
             self._pending.clear()
             for suffix in (b"", b"-journal"):
@@ -1014,7 +1041,9 @@ cdef class Enqueue(_QueueBase):
         if rc != SQLITE_OK:
             self._abandon_batch_locked(rc, sys_err, "commit batch")
         sqlite3_finalize(self._ins)
+        sqlite3_finalize(self._ins_group)
         self._ins = NULL
+        self._ins_group = NULL
         with nogil:
             rc = sqlite3_close_v2(db)
         self._db = NULL
@@ -1140,6 +1169,7 @@ cdef class Enqueue(_QueueBase):
         self._mutex = PyThread_allocate_lock()
         self._db = NULL
         self._ins = NULL
+        self._ins_group = NULL
         self._count = 0
         self._pending = []
         self._timer = None
@@ -1405,6 +1435,8 @@ cdef class Dequeue(_QueueBase):
         if kind == SQLITE_BLOB or kind == SQLITE_TEXT:
             b = PyBytes_FromStringAndSize(self._chunk.buf + r.offset, r.size)
             try:
+                if self._ser == S_JSON:
+                    return _json_decode(b)
                 return _decode(self._ser, b, self._custom)
             except Exception as e:
                 raise DecodeError(
@@ -1521,7 +1553,7 @@ cdef class Dequeue(_QueueBase):
         cdef const char *p = path
         cdef int rc, sys_err = 0
         with nogil:
-            rc = sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY, FAST_VFS)
+            rc = sqlite3_open_v2(p, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, FAST_VFS)
             if rc == SQLITE_OK:
                 rc = sqlite3_prepare_v2(db, b"SELECT log_data FROM logs", -1, &sel, NULL)
             if rc != SQLITE_OK:

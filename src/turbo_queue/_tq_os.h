@@ -211,27 +211,36 @@ static int tq_watch_wait(int fd, double timeout) {
 
 /* True when `p` holds the JSON token null (after ':', ',', '[' or at the start). orjson writes
  * NaN and Infinity as null where the standard library writes NaN/Infinity, so such output is
- * redone with the standard library to round-trip exactly as the original package does. */
+ * checked further. memchr keeps this to a few ns for a typical event. */
 static int tq_has_null_token(const char *p, size_t n) {
-    size_t i;
-    for (i = 0; i + 4 <= n; i++) {
-        if (p[i] == 'n' && p[i + 1] == 'u' && p[i + 2] == 'l' && p[i + 3] == 'l' &&
-            (i == 0 || p[i - 1] == ':' || p[i - 1] == ',' || p[i - 1] == '['))
+    const char *q = p, *end = p + n;
+    while (end - q >= 4 && (q = (const char *)memchr(q, 'n', (size_t)(end - q - 3))) != NULL) {
+        if (q[1] == 'u' && q[2] == 'l' && q[3] == 'l' &&
+            (q == p || q[-1] == ':' || q[-1] == ',' || q[-1] == '['))
             return 1;
+        q++;
     }
     return 0;
 }
 
-/* True when `p` holds a run of at least `limit` digits: orjson reads integers beyond 64 bits
- * as floats, where the standard library keeps them exact. */
+#define TQ_IS_DIGIT(c) ((unsigned)((c) - '0') < 10u)
+
+/* True when `p` holds a run of at least `limit` (> 0) digits: orjson reads integers beyond 64
+ * bits as floats, where the standard library keeps them exact. Looks at every limit-th byte
+ * first, so a typical event costs a handful of comparisons. */
 static int tq_has_digit_run(const char *p, size_t n, size_t limit) {
-    size_t i, run = 0;
-    for (i = 0; i < n; i++) {
-        if (p[i] >= '0' && p[i] <= '9') {
-            if (++run >= limit) return 1;
-        } else {
-            run = 0;
+    size_t i = limit - 1, start, end;
+    while (i < n) {
+        if (!TQ_IS_DIGIT(p[i])) {
+            i += limit;
+            continue;
         }
+        start = i;
+        while (start > 0 && TQ_IS_DIGIT(p[start - 1])) start--;
+        end = i;
+        while (end + 1 < n && TQ_IS_DIGIT(p[end + 1])) end++;
+        if (end - start + 1 >= limit) return 1;
+        i = end + 1 + limit;
     }
     return 0;
 }
