@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make demo   installs into .venv and runs the live demo (1 producer -> many consumers)
+#   make test   installs into .venv and runs the test suite against the installed package
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LEGACY := .side/tq0.5.2
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q ".[test,bench,msgpack]"
+
+$(LEGACY)/turbo_queue/_turbo_queue.py:
+	$(PY) -m pip install -q --no-deps --target $(LEGACY) turbo-queue==0.5.2
+
+demo: install
+	$(PY) -m turbo_queue demo
+
+test: install $(LEGACY)/turbo_queue/_turbo_queue.py
+	TURBO_QUEUE_LEGACY_PATH=$(LEGACY) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install $(LEGACY)/turbo_queue/_turbo_queue.py
+	$(PY) bench/e2e.py --legacy-path $(LEGACY)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info src/turbo_queue/_core.c src/turbo_queue/*.so
