@@ -26,7 +26,7 @@ def _tests_use_the_installed_package():
 @pytest.fixture(scope="session")
 def legacy_path():
     """A side folder holding the pure-Python turbo-queue 0.5.2 (both are named turbo_queue)."""
-    path = Path(os.environ.get("TURBO_QUEUE_LEGACY_PATH", REPO / ".side" / f"tq{LEGACY_VERSION}"))
+    path = Path(os.environ.get("TURBO_QUEUE_LEGACY_PATH", REPO / ".side" / f"tq{LEGACY_VERSION}")).resolve()
     if not (path / "turbo_queue" / "_turbo_queue.py").exists():
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(path),
