@@ -271,3 +271,26 @@ def test_event_over_the_sqlite_limit_is_refused(tmp_path, monkeypatch):
         e.add(b"x" * (limit + 1) if e.serializer == "raw" else "x" * (limit + 1))
     assert e.pending() == 0
     e.close()
+
+
+def test_a_waiting_get_sleeps_instead_of_spinning(tmp_path):
+    d = consumer(tmp_path, wait_timeout=0.05)
+    g = d.get()
+    t0, cpu0 = time.monotonic(), time.process_time()
+    calls = 0
+    while time.monotonic() - t0 < 1.0:
+        assert next(g) is None
+        calls += 1
+    cpu = time.process_time() - cpu0
+    assert calls >= 2  # it did wait and return None repeatedly
+    # A spinning loop would use about one full core; a sleeping one a small fraction of that.
+    assert cpu < 0.1 * (time.monotonic() - t0)
+
+
+def test_a_waiting_get_wakes_on_publish_without_polling_interval(tmp_path):
+    d = consumer(tmp_path, wait_timeout=30)
+    e = producer(tmp_path, max_events_per_file=1)
+    import threading
+    threading.Timer(0.2, e.add, args=("late",)).start()
+    assert d.get_many(1) == ["late"]  # returned long before the 30 s wait ran out
+    e.close()
