@@ -1457,7 +1457,7 @@ cdef class Dequeue(_QueueBase):
     cdef int _ensure_rows(self, double timeout) except -1:
         """Make rows of a claimed batch available. 1: rows at _pos; 0: nothing ready after waiting;
         2: the batch is exhausted and auto_cleanup is off."""
-        cdef bint waited = False
+        cdef double deadline = -1.0, left
         while True:
             if self._pos < self._chunk.nrows:
                 return 1
@@ -1470,10 +1470,14 @@ cdef class Dequeue(_QueueBase):
                 self._finish_batch()
             if self._claim():
                 continue
-            if waited or timeout <= 0:
+            # Nothing ready: sleep until a file lands in the folder (any file: look again, and
+            # sleep on for what is left of the timeout if it was not a ready batch).
+            if deadline < 0:
+                deadline = tq_now() + timeout
+            left = deadline - tq_now()
+            if left <= 0:
                 return 0
-            self._wait(timeout)
-            waited = True
+            self._wait(left)
 
     cdef int _fill(self) except -1:
         cdef int rc
