@@ -36,9 +36,9 @@ def legacy_path():
     return path
 
 
-def run_script(code, *, env_path=None, cwd=None, timeout=120, check=True):
+def run_script(code, *, env_path=None, cwd=None, timeout=120, check=True, env=None):
     """Run `code` in a fresh interpreter; with env_path, that folder shadows turbo_queue."""
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     if env_path is not None:
         env["PYTHONPATH"] = str(env_path)
     proc = subprocess.run(
@@ -51,4 +51,6 @@ def run_script(code, *, env_path=None, cwd=None, timeout=120, check=True):
 
 
 def batch_files(folder, prefix=""):
-    return sorted(n for n in os.listdir(folder) if n.startswith(prefix) and not n.startswith("."))
+    """Batch files of a queue folder (not owner locks, not SQLite journals)."""
+    return sorted(n for n in os.listdir(folder)
+                  if n.startswith(prefix) and not n.startswith(".") and not n.endswith("-journal"))

@@ -21,6 +21,7 @@ import os
 import pickle as _pickle
 import re
 import secrets
+import signal
 import threading
 import time
 import weakref
@@ -106,6 +107,38 @@ cdef int _max_value_length():
 cdef Py_ssize_t MAX_EVENT_BYTES = _max_value_length()
 
 SQLITE_VERSION = sqlite3_libversion().decode()
+
+
+# ----------------------------------------------------------------------------------------------
+# Test hook for crash tests: SIGKILL this process the n-th time it reaches a step. Set with
+# _set_crash_point() or TURBO_QUEUE_CRASH_AT=step:n; costs one pointer comparison per step otherwise.
+
+CRASH_POINTS = ("add", "insert", "commit", "publish", "published", "claim", "read", "delete",
+                "recover")
+cdef object _crash_at = None
+cdef long _crash_countdown = 0
+
+
+def _set_crash_point(point, after=1):
+    global _crash_at, _crash_countdown
+    if point is not None and point not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {point!r}")
+    _crash_at = point
+    _crash_countdown = after
+
+
+cdef inline int _step(str point) except -1:
+    global _crash_countdown
+    if _crash_at is not None and _crash_at == point:
+        _crash_countdown -= 1
+        if _crash_countdown <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+if os.environ.get("TURBO_QUEUE_CRASH_AT"):
+    _p, _, _n = os.environ["TURBO_QUEUE_CRASH_AT"].partition(":")
+    _set_crash_point(_p, int(_n or 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,6 +378,8 @@ cdef object _lock_dead_owner(bytes folder, str token):
 def _classify(str name):
     """(kind, rest, token) for a leftover file name, or None. `rest` is `<epoch>_<id>.db`; `token` is
     our owner token, or None for names written by the pure-Python package."""
+    if name.endswith(("-journal", "-wal", "-shm")):
+        return None  # SQLite's side files go with their batch, never on their own
     if name.startswith("loading_"):
         rest = name[8:]
         m = _OWN_BATCH.match(rest)
@@ -456,6 +491,7 @@ cdef str _publish_leftover(bytes folder, str name, str rest, str kind):
         return "empty"
     if not _BATCH_REST.match(rest):
         rest = f"{int(time.time())}_{secrets.token_hex(8)}.db"
+    _step("recover")
     for attempt in range(100):
         dst = folder + os.fsencode("ready_" + rest)
         csrc, cdst = src, dst
@@ -898,6 +934,7 @@ cdef class Enqueue(_QueueBase):
             self._open_batch_locked()
         self._pending.append(b)
         self._count += 1
+        _step("add")
         if len(self._pending) >= PENDING_MAX:
             self._insert_pending_locked()
         if self._count >= self._max_events_per_file:
@@ -995,6 +1032,7 @@ cdef class Enqueue(_QueueBase):
             free(data)
             free(sizes)
         self._pending.clear()
+        _step("insert")
         if rc != SQLITE_DONE:
             self._abandon_batch_locked(rc, sys_err, "write to batch")
         return 0
@@ -1034,6 +1072,7 @@ cdef class Enqueue(_QueueBase):
         if db == NULL:
             return 0
         self._insert_pending_locked()
+        _step("commit")
         with nogil:
             rc = sqlite3_exec(db, b"COMMIT", NULL, NULL, NULL)
             if rc != SQLITE_OK:
@@ -1058,6 +1097,7 @@ cdef class Enqueue(_QueueBase):
                 raise_os(err, f"fsync batch ({count} events stay in it, unpublished; it is "
                          f"recovered when this process exits)", self._loading_path)
         # The batch is complete and closed: now, and only now, it may be published.
+        _step("publish")
         with nogil:
             rc = rename(loading, ready)
             err = errno
@@ -1070,6 +1110,7 @@ cdef class Enqueue(_QueueBase):
                 err = errno
             if rc != 0:
                 raise_os(err, "fsync the queue folder", self._batch_folder)
+        _step("published")
         self.events_published += count
         self.batches_published += 1
         self._ready_checked_at = -1e300
@@ -1432,6 +1473,7 @@ cdef class Dequeue(_QueueBase):
     cdef object _decode_row(self, _Row *r):
         cdef int kind = r.kind
         cdef bytes b
+        _step("read")
         if kind == SQLITE_BLOB or kind == SQLITE_TEXT:
             b = PyBytes_FromStringAndSize(self._chunk.buf + r.offset, r.size)
             try:
@@ -1530,6 +1572,7 @@ cdef class Dequeue(_QueueBase):
                     continue
                 raise_os(err, "claim batch", src)
             self._batch_folder = folder
+            _step("claim")
             if self._open_batch(dst, os.fsdecode(rest)):
                 self._total_batch += 1
                 return 1
@@ -1599,6 +1642,7 @@ cdef class Dequeue(_QueueBase):
         if self._broken is not None:
             _quarantine(self._batch_folder, self._name, self._broken)
             return 0
+        _step("delete")
         with nogil:
             rc = unlink(p)
             err = errno
