@@ -57,6 +57,7 @@ cdef extern from "_tq_os.h" nogil:
     int tq_fsync_fd(int fd)
     int tq_fsync_path(const char *path, int is_dir)
     int tq_rename_noreplace(const char *src, const char *dst)
+    int tq_write_errno(int sqlite_errno)
     int tq_watch_open(const char *dir)
     int tq_watch_wait(int fd, double timeout)
     int tq_has_null_token(const char *p, size_t n)

@@ -1027,7 +1027,7 @@ cdef class Enqueue(_QueueBase):
                     sqlite3_reset(ins)
                     i += 1
                 if rc != SQLITE_DONE:
-                    sys_err = sqlite3_system_errno(self._db)
+                    sys_err = tq_write_errno(sqlite3_system_errno(self._db))
         finally:
             free(data)
             free(sizes)
@@ -1076,7 +1076,7 @@ cdef class Enqueue(_QueueBase):
         with nogil:
             rc = sqlite3_exec(db, b"COMMIT", NULL, NULL, NULL)
             if rc != SQLITE_OK:
-                sys_err = sqlite3_system_errno(db)
+                sys_err = tq_write_errno(sqlite3_system_errno(db))
         if rc != SQLITE_OK:
             self._abandon_batch_locked(rc, sys_err, "commit batch")
         sqlite3_finalize(self._ins)
@@ -1604,7 +1604,7 @@ cdef class Dequeue(_QueueBase):
             if rc == SQLITE_OK:
                 rc = sqlite3_prepare_v2(db, b"SELECT log_data FROM logs", -1, &sel, NULL)
             if rc != SQLITE_OK:
-                sys_err = sqlite3_system_errno(db) if db != NULL else 0
+                sys_err = tq_write_errno(sqlite3_system_errno(db)) if db != NULL else 0
         if rc == SQLITE_OK:
             self._db, self._sel, self._path, self._rest = db, sel, path, rest
             self._name = os.fsdecode(os.path.basename(path))

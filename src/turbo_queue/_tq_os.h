@@ -175,6 +175,21 @@ static int tq_rename_noreplace(const char *src, const char *dst) {
     return rename(src, dst);
 }
 
+/* The errno behind a failed SQLite write: SQLite's own record if it kept one, else the thread's
+ * errno when it is one a failed write(2) leaves (SQLite does not always keep it for writes made
+ * while committing). Other values may be stale, so they are not guessed at. */
+static int tq_write_errno(int sqlite_errno) {
+    int e = errno;
+    if (sqlite_errno) return sqlite_errno;
+    if (e == ENOSPC || e == EFBIG || e == EIO || e == EROFS
+#ifdef EDQUOT
+        || e == EDQUOT
+#endif
+    )
+        return e;
+    return 0;
+}
+
 /* Wakes a waiting consumer as soon as a file is renamed into the folder (inotify), instead of
  * polling. Returns a descriptor, or -1 with errno (ENOSYS where there is no inotify). */
 static int tq_watch_open(const char *dir) {
