@@ -1,0 +1,157 @@
+"""A P x C pipeline whose processes are SIGKILLed at random moments and restarted.
+
+Used by test_chaos.py, and runnable on its own to produce the README's figures:
+    python tests/chaos.py --runs 200
+"""
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+PRODUCER = r'''
+import os, random, sys
+import turbo_queue
+root, who, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+e = turbo_queue.enqueue(root_path=root, queue_name="q", max_events_per_file=rng.randint(5, 80),
+                        max_batch_age=rng.choice([0.01, 0.05, 0.5]))
+confirmed = open(os.path.join(root, f"pub-{who}.txt"), "a", buffering=1)
+i = 0
+unconfirmed = []
+while not os.path.exists(os.path.join(root, "STOP")):
+    ids = [f"{who}.{i + k}" for k in range(rng.randint(1, 40))]
+    i += len(ids)
+    e.add_many(ids)
+    unconfirmed += ids
+    if rng.random() < 0.3:
+        e.flush()                      # returns once they are published: now they must never be lost
+        confirmed.write(" ".join(unconfirmed) + "\n")
+        unconfirmed = []
+e.close()
+confirmed.write(" ".join(unconfirmed) + "\n")
+'''
+
+CONSUMER = r'''
+import os, sys
+import turbo_queue
+root, who = sys.argv[1], sys.argv[2]
+d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0.02, reclaim_interval=0.1)
+fd = os.open(os.path.join(root, f"del-{who}.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+g = d.get()
+while True:
+    ev = next(g)
+    if ev is None:
+        if os.path.exists(os.path.join(root, "STOP")):
+            break
+        continue
+    os.write(fd, (ev + "\n").encode())
+d.close()
+'''
+
+
+def read_words(folder, prefix):
+    words = []
+    for name in os.listdir(folder):
+        if name.startswith(prefix):
+            with open(os.path.join(folder, name)) as f:
+                words += f.read().split()
+    return words
+
+
+def run_once(seed, producers=2, consumers=3, duration=1.0):
+    import turbo_queue
+
+    rng = random.Random(seed)
+    root = tempfile.mkdtemp(prefix="tq-chaos-")
+    incarnation = {}
+
+    def start(role, k):
+        n = incarnation[(role, k)] = incarnation.get((role, k), -1) + 1
+        who = f"{role}{k}-{n}"
+        code = PRODUCER if role == "p" else CONSUMER
+        args = [sys.executable, "-c", code, root, who] + ([str(rng.randrange(1 << 30))] if role == "p" else [])
+        return subprocess.Popen(args, stderr=subprocess.PIPE)
+
+    procs = {("p", k): start("p", k) for k in range(producers)}
+    procs.update({("c", k): start("c", k) for k in range(consumers)})
+    kills = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        time.sleep(rng.uniform(0.02, 0.15))
+        key = rng.choice(sorted(procs))
+        os.kill(procs[key].pid, signal.SIGKILL)
+        procs[key].wait()
+        procs[key].stderr.close()
+        kills += 1
+        procs[key] = start(*key)
+    open(os.path.join(root, "STOP"), "w").close()
+    errors = []
+    for key, p in procs.items():
+        if p.wait(120) != 0:
+            errors.append(f"{key} exited {p.returncode}: {p.stderr.read().decode()[-2000:]}")
+        p.stderr.close()
+    folder = os.path.join(root, "q")
+    bad_ready = []
+    for name in os.listdir(folder):
+        if name.startswith("ready_") and name.endswith(".db"):
+            con = sqlite3.connect(os.path.join(folder, name))
+            try:
+                if con.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                    bad_ready.append(name)
+            finally:
+                con.close()
+    # Everything stopped: startup cleanup returns what dead processes held, then drain.
+    turbo_queue.startup(root_path=root, queue_name="q").on_start_cleanup()
+    d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0)
+    drained = []
+    while True:
+        batch = d.get_batch()
+        if not batch:
+            break
+        drained += batch
+    d.close()
+    published = set(read_words(root, "pub-"))
+    delivered = read_words(root, "del-") + drained
+    left = sorted(n for n in os.listdir(folder) if not n.startswith(".") and not n.endswith("-journal"))
+    stats = {
+        "seed": seed, "kills": kills, "published": len(published), "delivered": len(delivered),
+        "lost": len(published - set(delivered)), "duplicates": len(delivered) - len(set(delivered)),
+        "bad_ready_files": bad_ready, "left_in_folder": left, "errors": errors,
+    }
+    import shutil
+    shutil.rmtree(root)
+    return stats
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    totals = {"runs": 0, "kills": 0, "published": 0, "delivered": 0, "lost": 0, "duplicates": 0,
+              "bad_ready_files": 0, "errors": 0}
+    for seed in range(args.runs):
+        s = run_once(seed)
+        for k in ("kills", "published", "delivered", "lost", "duplicates"):
+            totals[k] += s[k]
+        totals["bad_ready_files"] += len(s["bad_ready_files"])
+        totals["errors"] += len(s["errors"]) + len(s["left_in_folder"])
+        totals["runs"] += 1
+        if s["lost"] or s["bad_ready_files"] or s["errors"] or s["left_in_folder"]:
+            print("FAILED RUN", json.dumps(s), flush=True)
+    print(json.dumps(totals))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(totals, f, indent=2)
+    return 1 if totals["lost"] or totals["bad_ready_files"] or totals["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
