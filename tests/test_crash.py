@@ -213,3 +213,20 @@ e.close()
                 p.wait()
             p.stdin.close()
             p.stdout.close()
+
+
+def test_a_dead_producers_committed_batch_is_published_by_a_running_consumer(tmp_path):
+    proc = run_script(PRODUCER.format(root=str(tmp_path), batch=BATCH, batches=BATCHES),
+                      env=crash_env("publish", 2), check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(batch_files(tmp_path / "q", "loading_")) == 1
+    # No startup cleanup: a consumer that is simply running takes care of it.
+    assert sorted(drain(tmp_path)) == list(range(2 * BATCH))
+
+
+def test_durability_os_round_trip(tmp_path):
+    with turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q", durability="os",
+                             max_events_per_file=10) as e:
+        assert e.durability == "os"
+        e.add_many(range(25))
+    assert sorted(drain(tmp_path)) == list(range(25))

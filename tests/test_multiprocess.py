@@ -193,3 +193,20 @@ def test_objects_created_before_fork_work_in_the_child(tmp_path):
             break
         got += b
     assert sorted(got) == ["from-child", "from-parent"]
+
+
+def add_and_return(root):
+    e = turbo_queue.enqueue(root_path=root, queue_name="q", max_events_per_file=1000, max_batch_age=3600)
+    e.add_many(range(10))  # neither flush() nor close(): the child just returns
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_multiprocessing_child_publishes_its_open_batch_when_it_exits(tmp_path, method):
+    # multiprocessing children leave through os._exit, which skips atexit handlers.
+    c = mp.get_context(method)
+    p = c.Process(target=add_and_return, args=(str(tmp_path),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    d = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0)
+    assert d.get_batch() == list(range(10))

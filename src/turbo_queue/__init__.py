@@ -12,6 +12,7 @@ from turbo_queue._core import (
     Startup,
     recover_folder,
 )
+from turbo_queue._mpqueue import Queue
 from turbo_queue.errors import (
     CorruptBatchError,
     DecodeError,
@@ -36,6 +37,7 @@ __all__ = [
     "Dequeue",
     "Enqueue",
     "EventTooLargeError",
+    "Queue",
     "SQLiteError",
     "Startup",
     "TurboQueueError",

@@ -88,6 +88,13 @@ cdef const char *INSERT_GROUP_SQL = _INSERT_GROUP_SQL
 _OWN_BATCH = re.compile(r"^(\d+_\d{9}-([0-9a-f]{12})\.db)$")
 _OWN_CHOSEN = re.compile(r"^(\d+_.+\.db)_([0-9a-f]{12})$")
 _BATCH_REST = re.compile(r"^\d+_.+\.db$")
+_EVENT_COUNT = re.compile(r"-n(\d+)\.db$")
+
+
+def events_in_name(name):
+    """The event count a ready_ name carries (ours do), or None."""
+    m = _EVENT_COUNT.search(os.fsdecode(name))
+    return int(m.group(1)) if m else None
 
 cdef const char *FAST_VFS = NULL
 # "unix-none" skips SQLite's own file locking: the rename protocol already guarantees that only
@@ -491,6 +498,8 @@ cdef str _publish_leftover(bytes folder, str name, str rest, str kind):
         return "empty"
     if not _BATCH_REST.match(rest):
         rest = f"{int(time.time())}_{secrets.token_hex(8)}.db"
+    if kind == "loading" and _OWN_BATCH.match(rest):
+        rest = f"{rest[:-3]}-n{n}.db"
     _step("recover")
     for attempt in range(100):
         dst = folder + os.fsencode("ready_" + rest)
@@ -810,6 +819,10 @@ cdef class Enqueue(_QueueBase):
     cdef long _ready_count
     cdef readonly long long events_published
     cdef readonly long long batches_published
+    # While published batches wait unclaimed, an aged batch may keep filling this much longer
+    # (0 = publish at max_batch_age regardless): consumers that are behind get full batches.
+    cdef public double _busy_linger
+    cdef int64_t _name_ns
 
     def __cinit__(self, *args, **kwargs):
         self._mutex = PyThread_allocate_lock()
@@ -945,14 +958,20 @@ cdef class Enqueue(_QueueBase):
         cdef bytes folder = self._folder()
         cdef sqlite3 *db = NULL
         cdef int rc, sys_err
+        _ensure_exit_hook()
         self._owner.acquire(folder)
-        ns = time.time_ns()
-        if ns <= self._last_ns:  # keep one producer's batches in order if the clock steps back
-            ns = self._last_ns + 1
-        self._last_ns = ns
+        if self._name_ns:  # a batch that must keep another's place in line (see Dequeue)
+            ns, self._name_ns = self._name_ns, 0
+        else:
+            ns = time.time_ns()
+            if ns <= self._last_ns:  # keep one producer's batches in order if the clock steps back
+                ns = self._last_ns + 1
+            self._last_ns = ns
         name = f"{ns // 1000000000}_{ns % 1000000000:09d}-{self._owner.token}.db".encode()
         self._loading_path = folder + b"loading_" + name
-        self._ready_path = folder + b"ready_" + name
+        # Published as ready_<epoch>_<ns>-<owner>-n<events>.db: the count in the name lets anyone see
+        # how many events wait without opening a file.
+        self._ready_path = folder + b"ready_" + name[:-3]
         self._batch_folder = folder
         cdef const char *path = self._loading_path
         with nogil:
@@ -1088,7 +1107,8 @@ cdef class Enqueue(_QueueBase):
         self._db = NULL
         count = self._count
         self._count = 0
-        loading, ready, folder = self._loading_path, self._ready_path, self._batch_folder
+        ready_path = self._ready_path + b"-n%d.db" % count
+        loading, ready, folder = self._loading_path, ready_path, self._batch_folder
         if durable:
             with nogil:
                 rc = tq_fsync_path(loading, 0)
@@ -1193,6 +1213,9 @@ cdef class Enqueue(_QueueBase):
             if self._db == NULL or self._count == 0:
                 return None
             now = tq_now()
+            if (now >= self._batch_started + self._max_batch_age and self._busy_linger > 0
+                    and now < self._batch_started + self._busy_linger and self._ready_waiting()):
+                return min(self._max_batch_age, self._batch_started + self._busy_linger - now)
             if now >= self._batch_started + self._max_batch_age:
                 try:
                     self._publish_locked()
@@ -1203,6 +1226,13 @@ cdef class Enqueue(_QueueBase):
             return self._batch_started + self._max_batch_age - now
         finally:
             self._unlock()
+
+    cdef bint _ready_waiting(self):
+        cdef const char *folder = self._batch_folder
+        cdef long n
+        with nogil:
+            n = tq_count(folder, b"ready_", b".db")
+        return n > 0
 
     cdef void _after_fork_in_child(self) noexcept:
         # The open batch, its pending events and the lock belong to the parent. Forget them without
@@ -1339,6 +1369,7 @@ cdef class Dequeue(_QueueBase):
     cdef Py_ssize_t _pos
     cdef long long _total_gets
     cdef long long _total_batch
+    cdef public bint _keep_delivered
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -1544,6 +1575,7 @@ cdef class Dequeue(_QueueBase):
         cdef const char *cdst
         cdef int rc, err
         cdef bint rescanned = False
+        _ensure_exit_hook()
         self._owner.acquire(folder)
         if self._watch_fd == -1:
             # Watch before scanning, so that a batch published between the scan and the wait wakes us.
@@ -1723,15 +1755,59 @@ cdef class Dequeue(_QueueBase):
     def close(self):
         """Release the held batch (deleted if every event was handed out, else given back) and this
         consumer's files. Idempotent."""
+        if self._keep_delivered:
+            return self._close_keeping_delivered()
         if self._db != NULL:
             if self._stmt_done and self._pos >= self._chunk.nrows and self._auto_cleanup:
                 self._finish_batch()
             else:
                 self._give_back()
+        self._release()
+
+    cdef int _release(self) except -1:
         self._owner.release()
         if self._watch_fd >= 0:
             close(self._watch_fd)
         self._watch_fd = -1
+        return 0
+
+    def _close_keeping_delivered(self):
+        """Close without handing out again what was already handed out (multiprocessing.Queue's
+        semantics): the events of the held batch not yet handed out are written to a new batch that
+        keeps the old one's place in line, then the old batch is deleted. A crash in between
+        duplicates them, never loses them."""
+        cdef list rest = []
+        cdef _Row *r
+        cdef Py_ssize_t i
+        cdef Enqueue writer
+        if self._db != NULL and not (self._stmt_done and self._pos >= self._chunk.nrows):
+            while True:
+                for i in range(self._pos, self._chunk.nrows):
+                    r = &self._chunk.rows[i]
+                    if r.kind == SQLITE_BLOB or r.kind == SQLITE_TEXT:
+                        rest.append(PyBytes_FromStringAndSize(self._chunk.buf + r.offset, r.size))
+                    elif r.kind == SQLITE_INTEGER:
+                        rest.append(repr(r.ival).encode())
+                    elif r.kind == SQLITE_FLOAT:
+                        rest.append(repr(r.dval).encode())
+                    else:
+                        rest.append(b"null")
+                self._pos = self._chunk.nrows
+                if self._stmt_done:
+                    break
+                self._fill()
+            if rest and self._broken is None:
+                m = re.match(r"^(\d+)_(\d{9})", self._rest)
+                writer = Enqueue(root_path=os.path.dirname(os.fsdecode(self._batch_folder[:-1])),
+                                 queue_name=os.path.basename(os.fsdecode(self._batch_folder[:-1])),
+                                 serializer="raw", max_events_per_file=len(rest) + 1)
+                if m:
+                    writer._name_ns = int(m.group(1)) * 1000000000 + int(m.group(2))
+                writer._append_chunk(rest)
+                writer.close()
+        if self._db != NULL:
+            self._finish_batch()
+        self._release()
 
     def total_gets(self):
         """Events handed out so far."""
@@ -1786,6 +1862,22 @@ def _close_all_at_exit():
             obj.close()
         except Exception:
             logger.exception("turbo_queue: closing %r at exit failed", obj)
+
+
+cdef long _exit_hook_pid = 0
+
+
+cdef int _ensure_exit_hook() except -1:
+    """Close every live producer and consumer when this process exits: through atexit, and
+    through multiprocessing's exit function, which is what runs in its child processes (they leave
+    with os._exit, skipping atexit)."""
+    global _exit_hook_pid
+    cdef long pid = os.getpid()
+    if pid != _exit_hook_pid:
+        _exit_hook_pid = pid
+        from multiprocessing import util
+        util.Finalize(None, _close_all_at_exit, exitpriority=100)
+    return 0
 
 
 if hasattr(os, "register_at_fork"):

@@ -1,0 +1,246 @@
+"""`turbo_queue.Queue`: the interface of `multiprocessing.Queue` over turbo-queue's batch files."""
+
+from __future__ import annotations
+
+import os
+import queue as _queue
+import shutil
+import tempfile
+import time
+from multiprocessing import util as _mp_util
+from typing import Any, Iterable
+
+from turbo_queue._core import Dequeue, Enqueue, events_in_name
+
+_EMPTY = object()
+
+
+def _remove_private_folder(path: str, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Queue:
+    """A process-shared FIFO queue with the methods of ``multiprocessing.Queue``.
+
+    ``path=None`` makes a private temporary folder, removed by the creating process when it exits
+    (after multiprocessing has joined its children). A given ``path`` (a folder; its parent is the
+    ``root_path`` and its name the ``queue_name`` of the enqueue/dequeue API) keeps events on disk
+    across restarts.
+
+    Each process opens its own producer and consumer on first use, so the object can be handed to a
+    ``Process``, a ``Pool`` initializer or a ``ProcessPoolExecutor`` under fork, spawn or forkserver.
+
+    Batching adapts to load: a partial batch is published ``latency`` seconds after its first event
+    when no published batch is waiting, so a lone ``put`` reaches a waiting ``get`` within
+    milliseconds; while consumers are behind, batches fill up (to ``max_events_per_file``, or for at
+    most ``max_linger`` seconds) and travel whole.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, maxsize: int = 0,
+                 serializer: Any = "pickle", max_events_per_file: int = 10_000,
+                 latency: float = 0.002, max_linger: float = 0.05,
+                 durability: str = "process") -> None:
+        if type(maxsize) is not int or maxsize < 0:
+            raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
+        self._owner_pid = os.getpid()
+        self._private = path is None
+        folder = tempfile.mkdtemp(prefix="turbo-queue-") if path is None else os.fspath(path)
+        self._folder = os.path.abspath(folder)
+        self._maxsize = maxsize
+        self._settings = dict(serializer=serializer, max_events_per_file=max_events_per_file,
+                              latency=latency, max_linger=max_linger, durability=durability)
+        # Validate every setting now, in the creating process, not on first use somewhere else.
+        Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
+                serializer=serializer, max_events_per_file=max_events_per_file,
+                max_batch_age=latency, durability=durability)
+        if self._private:
+            # exitpriority < 0: multiprocessing runs it after joining this process's children.
+            _mp_util.Finalize(self, _remove_private_folder, args=(self._folder, self._owner_pid),
+                              exitpriority=-10)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._producer: Enqueue | None = None
+        self._consumer: Dequeue | None = None
+        self._events = None
+        self._closed = False
+        self._room = 0
+
+    def __getstate__(self) -> dict:
+        return {"folder": self._folder, "maxsize": self._maxsize, "settings": self._settings,
+                "owner_pid": self._owner_pid, "private": self._private}
+
+    def __setstate__(self, state: dict) -> None:
+        self._folder = state["folder"]
+        self._maxsize = state["maxsize"]
+        self._settings = state["settings"]
+        self._owner_pid = state["owner_pid"]
+        self._private = state["private"]
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"<turbo_queue.Queue {self._folder!r} maxsize={self._maxsize}>"
+
+    # -- lazily opened per process -------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._pid != os.getpid():  # inherited through fork: this process opens its own
+            self._reset()
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def _open_producer(self) -> Enqueue:
+        s = self._settings
+        producer = Enqueue(root_path=os.path.dirname(self._folder),
+                           queue_name=os.path.basename(self._folder), serializer=s["serializer"],
+                           max_events_per_file=s["max_events_per_file"],
+                           max_batch_age=s["latency"], max_ready_files=10**9,
+                           durability=s["durability"])
+        producer._busy_linger = s["max_linger"]
+        self._producer = producer
+        return producer
+
+    def _open_consumer(self) -> Dequeue:
+        self._consumer = Dequeue(root_path=os.path.dirname(self._folder),
+                                 queue_name=os.path.basename(self._folder),
+                                 serializer=self._settings["serializer"], wait_timeout=0)
+        self._consumer._keep_delivered = True
+        self._events = self._consumer.get(_EMPTY)
+        return self._consumer
+
+    # -- put -----------------------------------------------------------------------------------
+
+    def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
+        if not self._maxsize:
+            return
+        self._room -= n
+        if self._room >= 0:
+            return
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        pause = 0.001
+        while True:
+            self._room = self._maxsize - self.qsize() - n
+            if self._room >= 0:
+                return
+            if not block or (deadline is not None and time.monotonic() >= deadline):
+                self._room = 0
+                raise _queue.Full
+            time.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put obj into the queue; with maxsize, block (or raise queue.Full) while it is full."""
+        self._check()
+        self._wait_for_room(1, block, timeout)
+        (self._producer or self._open_producer()).add(obj)
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, False)
+
+    def put_many(self, objs: Iterable[Any]) -> int:
+        """Put every object of an iterable (blocking while full); returns how many."""
+        self._check()
+        items = list(objs)
+        self._wait_for_room(len(items), True, None)
+        return (self._producer or self._open_producer()).add_many(items)
+
+    # -- get -----------------------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return an item; block until one is available (or raise queue.Empty)."""
+        self._check()
+        if self._consumer is None:
+            self._open_consumer()
+        consumer, events = self._consumer, self._events
+        item = next(events)
+        if item is not _EMPTY:
+            return item
+        if not block:
+            raise _queue.Empty
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise _queue.Empty
+            consumer.wait_timeout = min(left, 1.0)
+            try:
+                item = next(events)
+            finally:
+                consumer.wait_timeout = 0
+            if item is not _EMPTY:
+                return item
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list:
+        """Up to max_items items (at least one, unless queue.Empty is raised after `timeout`)."""
+        first = self.get(True, timeout)
+        out = [first]
+        if max_items > 1:
+            out += self._consumer.get_many(max_items - 1, 0)
+        return out
+
+    # -- size ----------------------------------------------------------------------------------
+
+    def qsize(self) -> int:
+        """Approximate number of items waiting: events in published batches and this process's
+        unpublished ones. Events of a batch another process has claimed but not yet handed out are
+        not counted. Like multiprocessing.Queue.qsize(), it may be stale as soon as it returns."""
+        total = self._producer.pending() if self._producer is not None and self._pid == os.getpid() else 0
+        try:
+            names = os.listdir(self._folder)
+        except FileNotFoundError:
+            return total
+        for name in names:
+            if name.startswith("ready_") and name.endswith(".db"):
+                n = events_in_name(name)
+                total += n if n is not None else _count_rows(os.path.join(self._folder, name))
+        return total
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return bool(self._maxsize) and self.qsize() >= self._maxsize
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """This process will put and get no more: publish what it put, give back what it claimed
+        but did not hand out. Other processes keep using the queue."""
+        if self._pid != os.getpid():
+            self._reset()
+        if self._closed:
+            return
+        self._closed = True
+        if self._producer is not None:
+            self._producer.close()
+        if self._consumer is not None:
+            self._consumer._close_keeping_delivered()
+
+    def join_thread(self) -> None:
+        """Wait until what this process put is published (close() first, as with multiprocessing)."""
+        if not self._closed:
+            raise AssertionError("Queue.join_thread() needs the queue to be closed first")
+
+    def cancel_join_thread(self) -> None:
+        """Accepted for compatibility: events are published synchronously, so nothing is waited for
+        at exit and nothing is dropped."""
+
+
+def _count_rows(path: str) -> int:
+    import sqlite3
+
+    from urllib.parse import quote
+
+    try:
+        con = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT count(*) FROM logs").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
