@@ -59,6 +59,6 @@ cdef extern from "_tq_os.h" nogil:
     int tq_rename_noreplace(const char *src, const char *dst)
     int tq_write_errno(int sqlite_errno)
     int tq_watch_open(const char *dir)
-    int tq_watch_wait(int fd, double timeout)
+    int tq_watch_wait(int fd, double timeout, const char *prefix)
     int tq_has_null_token(const char *p, size_t n)
     int tq_has_digit_run(const char *p, size_t n, size_t limit)

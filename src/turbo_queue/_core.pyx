@@ -1708,7 +1708,7 @@ cdef class Dequeue(_QueueBase):
         cdef bytes folder
         if fd >= 0:
             with nogil:
-                tq_watch_wait(fd, timeout)
+                tq_watch_wait(fd, timeout, b"ready_")
             return 0
         # No inotify on this platform: poll the folder with a growing interval (at most 10 ms).
         folder = self._folder()

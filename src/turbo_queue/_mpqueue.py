@@ -7,12 +7,31 @@ import queue as _queue
 import shutil
 import tempfile
 import time
+import weakref
 from multiprocessing import util as _mp_util
 from typing import Any, Iterable
 
 from turbo_queue._core import Dequeue, Enqueue, events_in_name
 
 _EMPTY = object()
+_live: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_live):
+        q._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _private_folder() -> str:
+    # A private queue lives no longer than the process that made it, so it needs no disk: on Linux
+    # it goes to /dev/shm (memory, like multiprocessing's own shared memory) when that is writable.
+    shm = "/dev/shm"
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+    return tempfile.mkdtemp(prefix="turbo-queue-", dir=where)
 
 
 def _remove_private_folder(path: str, pid: int) -> None:
@@ -39,17 +58,18 @@ class Queue:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, maxsize: int = 0,
                  serializer: Any = "pickle", max_events_per_file: int = 10_000,
-                 latency: float = 0.002, max_linger: float = 0.05,
+                 latency: float = 0.001, max_linger: float = 0.05,
                  durability: str = "process") -> None:
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
         self._owner_pid = os.getpid()
         self._private = path is None
-        folder = tempfile.mkdtemp(prefix="turbo-queue-") if path is None else os.fspath(path)
+        folder = _private_folder() if path is None else os.fspath(path)
         self._folder = os.path.abspath(folder)
         self._maxsize = maxsize
         self._settings = dict(serializer=serializer, max_events_per_file=max_events_per_file,
                               latency=latency, max_linger=max_linger, durability=durability)
+        self._latency = latency
         # Validate every setting now, in the creating process, not on first use somewhere else.
         Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
                 serializer=serializer, max_events_per_file=max_events_per_file,
@@ -61,7 +81,10 @@ class Queue:
         self._reset()
 
     def _reset(self) -> None:
+        # Called in a new process (unpickled, or forked: see _after_fork_in_child): it opens its own
+        # producer and consumer on first use.
         self._pid = os.getpid()
+        _live.add(self)
         self._producer: Enqueue | None = None
         self._consumer: Dequeue | None = None
         self._events = None
@@ -76,6 +99,7 @@ class Queue:
         self._folder = state["folder"]
         self._maxsize = state["maxsize"]
         self._settings = state["settings"]
+        self._latency = self._settings["latency"]
         self._owner_pid = state["owner_pid"]
         self._private = state["private"]
         self._reset()
@@ -85,11 +109,8 @@ class Queue:
 
     # -- lazily opened per process -------------------------------------------------------------
 
-    def _check(self) -> None:
-        if self._pid != os.getpid():  # inherited through fork: this process opens its own
-            self._reset()
-        if self._closed:
-            raise ValueError(f"Queue {self!r} is closed")
+    def _closed_error(self) -> ValueError:
+        return ValueError(f"Queue {self!r} is closed")
 
     def _open_producer(self) -> Enqueue:
         s = self._settings
@@ -132,16 +153,20 @@ class Queue:
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put obj into the queue; with maxsize, block (or raise queue.Full) while it is full."""
-        self._check()
-        self._wait_for_room(1, block, timeout)
-        (self._producer or self._open_producer()).add(obj)
+        if self._closed:
+            raise self._closed_error()
+        if self._maxsize:
+            self._wait_for_room(1, block, timeout)
+        producer = self._producer or self._open_producer()
+        producer.add(obj)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
     def put_many(self, objs: Iterable[Any]) -> int:
         """Put every object of an iterable (blocking while full); returns how many."""
-        self._check()
+        if self._closed:
+            raise self._closed_error()
         items = list(objs)
         self._wait_for_room(len(items), True, None)
         return (self._producer or self._open_producer()).add_many(items)
@@ -150,13 +175,16 @@ class Queue:
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item; block until one is available (or raise queue.Empty)."""
-        self._check()
-        if self._consumer is None:
+        events = self._events
+        if events is None:
+            if self._closed:
+                raise self._closed_error()
             self._open_consumer()
-        consumer, events = self._consumer, self._events
+            events = self._events
         item = next(events)
         if item is not _EMPTY:
             return item
+        consumer = self._consumer
         if not block:
             raise _queue.Empty
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -189,7 +217,7 @@ class Queue:
         """Approximate number of items waiting: events in published batches and this process's
         unpublished ones. Events of a batch another process has claimed but not yet handed out are
         not counted. Like multiprocessing.Queue.qsize(), it may be stale as soon as it returns."""
-        total = self._producer.pending() if self._producer is not None and self._pid == os.getpid() else 0
+        total = self._producer.pending() if self._producer is not None else 0
         try:
             names = os.listdir(self._folder)
         except FileNotFoundError:
@@ -211,8 +239,6 @@ class Queue:
     def close(self) -> None:
         """This process will put and get no more: publish what it put, give back what it claimed
         but did not hand out. Other processes keep using the queue."""
-        if self._pid != os.getpid():
-            self._reset()
         if self._closed:
             return
         self._closed = True
@@ -220,6 +246,7 @@ class Queue:
             self._producer.close()
         if self._consumer is not None:
             self._consumer._close_keeping_delivered()
+        self._events = None
 
     def join_thread(self) -> None:
         """Wait until what this process put is published (close() first, as with multiprocessing)."""

@@ -210,18 +210,46 @@ static int tq_watch_open(const char *dir) {
 #endif
 }
 
-/* Waits up to `timeout` seconds for the watch to fire; drains it. 1 = fired, 0 = timed out. */
-static int tq_watch_wait(int fd, double timeout) {
+/* Waits up to `timeout` seconds for a file whose name starts with `prefix` to land in the watched
+ * folder (renamed or linked in). Other files (loading_, journals, chosen_) are ignored, so that
+ * idle consumers are woken once per published batch, not once per file operation.
+ * 1 = such a file arrived (or the platform cannot say which), 0 = timed out, -1 = error. */
+static int tq_watch_wait(int fd, double timeout, const char *prefix) {
     struct pollfd p;
-    char buf[4096];
-    int rc, ms = (int)(timeout * 1000.0 + 0.999);
-    p.fd = fd;
-    p.events = POLLIN;
-    p.revents = 0;
-    rc = poll(&p, 1, ms < 0 ? 0 : ms);
-    if (rc <= 0) return rc < 0 && errno != EINTR ? -1 : 0;
-    while (read(fd, buf, sizeof buf) > 0) {}
-    return 1;
+    char buf[8192] __attribute__((aligned(8)));
+    size_t plen = strlen(prefix);
+    double deadline = tq_now() + timeout;
+    for (;;) {
+        double left = deadline - tq_now();
+        int rc, ms, found = 0;
+        ssize_t got;
+        if (left < 0) left = 0;
+        ms = (int)(left * 1000.0 + 0.999);
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        rc = poll(&p, 1, ms);
+        if (rc < 0 && errno != EINTR) return -1;
+        if (rc <= 0) {
+            if (tq_now() >= deadline) return 0;
+            continue;
+        }
+        while ((got = read(fd, buf, sizeof buf)) > 0) {
+#if TQ_HAVE_INOTIFY
+            char *q = buf;
+            while (q < buf + got) {
+                struct inotify_event *ev = (struct inotify_event *)q;
+                if ((ev->mask & IN_Q_OVERFLOW) || (ev->len && strncmp(ev->name, prefix, plen) == 0))
+                    found = 1;
+                q += sizeof(struct inotify_event) + ev->len;
+            }
+#else
+            found = 1;
+#endif
+        }
+        if (found) return 1;
+        if (tq_now() >= deadline) return 0;
+    }
 }
 
 /* True when `p` holds the JSON token null (after ':', ',', '[' or at the start). orjson writes
