@@ -290,6 +290,12 @@ cdef object _decode(int kind, bytes b, object custom):
     return custom.loads(b)
 
 
+def _decode_value(serializer, bytes value):
+    """Decode one stored value with a serializer given by name or object (for tools)."""
+    cdef int kind = _serializer_kind(serializer)
+    return _decode(kind, value, serializer if kind == S_CUSTOM else None)
+
+
 cdef int _serializer_kind(object serializer) except -1:
     global _msgpack_packb, _msgpack_unpackb
     if isinstance(serializer, str):

@@ -77,17 +77,30 @@ def _mpq_consumer(q, work: float, counter) -> None:
 
 
 def _progress(label: str, counter, n: int, t0: float, out) -> float:
-    width = 30
-    while True:
+    """Show a live progress bar until `counter` reaches n; returns events/s."""
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        Progress = None
+    if Progress is not None and out is sys.stdout:
+        columns = (TextColumn(f"{label:22s}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]:>11,.0f} events/s"), TimeElapsedColumn())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task(label, total=n, rate=0.0)
+            while True:
+                value = min(counter.value, n)
+                elapsed = time.perf_counter() - t0
+                progress.update(task, completed=value, rate=value / elapsed if elapsed > 0 else 0.0)
+                if value >= n:
+                    return n / elapsed
+                time.sleep(0.1)
+    while True:  # plain text: no rich, or not a terminal we own
         value = counter.value
         elapsed = time.perf_counter() - t0
-        fill = int(width * min(value, n) / n)
-        rate = value / elapsed if elapsed > 0 else 0.0
-        out.write(f"\r  {label:24s} [{'#' * fill}{'.' * (width - fill)}] {value:>10,d}/{n:,d}  {rate:>11,.0f} events/s")
-        out.flush()
         if value >= n:
-            out.write("\n")
-            return n / elapsed
+            rate = n / elapsed
+            out.write(f"  {label:24s} {n:>10,d} events  {rate:>11,.0f} events/s\n")
+            return rate
         time.sleep(0.1)
 
 

@@ -1,0 +1,218 @@
+"""The `turbo-queue` command (also `python -m turbo_queue`)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from turbo_queue import _folder
+
+
+def _rich() -> Any:
+    try:
+        import rich.console
+        import rich.live
+        import rich.table
+    except ImportError:
+        raise SystemExit("turbo-queue: this command needs rich: pip install 'turbo-queue[cli]'") from None
+    return rich
+
+
+def _decode(value: bytes, serializer: str) -> Any:
+    from turbo_queue._core import _decode_value
+
+    return _decode_value(serializer, value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"$base64": base64.b64encode(bytes(value)).decode()}
+    return value
+
+
+def _fmt_age(age: float | None) -> str:
+    if age is None:
+        return "-"
+    return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min"
+
+
+def stats_table(rich: Any, snapshots: list[_folder.QueueStats], rates: dict[str, tuple[float, float]] | None = None) -> Any:
+    table = rich.table.Table(title="turbo-queue", expand=False)
+    for col in ("queue", "loading", "ready", "chosen", "invalid", "events waiting", "oldest ready",
+                "held per consumer"):
+        table.add_column(col, justify="left" if col in ("queue", "held per consumer") else "right")
+    if rates is not None:
+        table.add_column("in/s", justify="right")
+        table.add_column("out/s", justify="right")
+    for s in snapshots:
+        held = ", ".join(f"{k}:{v}" + (" (dead)" if k in s.dead_holders else "")
+                         for k, v in sorted(s.held_by.items())) or "-"
+        row = [s.name, *(str(s.files[k]) for k in _folder.STATES), f"{s.events_waiting:,}",
+               _fmt_age(s.oldest_ready_age_s), held]
+        if rates is not None:
+            rin, rout = rates.get(s.path, (0.0, 0.0))
+            row += [f"{rin:,.0f}", f"{rout:,.0f}"]
+        table.add_row(*row)
+    return table
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    snapshots = [_folder.queue_stats(f) for f in _folder.queue_folders(args.root, args.queue)]
+    if args.json:
+        print(json.dumps([s.as_dict() for s in snapshots], indent=2))
+        return 0
+    rich = _rich()
+    rich.console.Console().print(stats_table(rich, snapshots))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    rich = _rich()
+    folders = _folder.queue_folders(args.root, args.queue)
+    seen: dict[str, dict[str, int]] = {}
+    last = time.monotonic()
+    rates: dict[str, tuple[float, float]] = {}
+    with rich.live.Live(refresh_per_second=4, screen=False) as live:
+        ticks = 0
+        while args.count is None or ticks < args.count:
+            now = time.monotonic()
+            snapshots = []
+            for f in folders:
+                s = _folder.queue_stats(f)
+                ready = {n: _folder.events_in_name(n) or 0 for n in s.ready_names}
+                before = seen.get(f)
+                if before is not None and now > last:
+                    came = sum(v for n, v in ready.items() if n not in before)
+                    went = sum(v for n, v in before.items() if n not in ready)
+                    rates[f] = (came / (now - last), went / (now - last))
+                seen[f] = ready
+                snapshots.append(s)
+            last = now
+            live.update(stats_table(rich, snapshots, rates))
+            ticks += 1
+            if args.count is None or ticks < args.count:
+                time.sleep(args.interval)
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from turbo_queue import recover_folder
+
+    (folder,) = _folder.queue_folders(args.root, args.queue)
+    counts = recover_folder(folder, legacy=True)
+    print(json.dumps(counts) if args.json else
+          ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_peek(args: argparse.Namespace) -> int:
+    (folder,) = _folder.queue_folders(args.root, args.queue)
+    for value in _folder.peek_rows(folder, args.n):
+        print(json.dumps(_jsonable(_decode(value, args.serializer)), default=repr, ensure_ascii=False))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    import turbo_queue
+
+    (folder,) = _folder.queue_folders(args.root, args.queue)
+    d = turbo_queue.dequeue(root_path=args.root, queue_name=args.queue, wait_timeout=0,
+                            serializer=args.serializer)
+    written = 0
+    with open(args.to, "a", encoding="utf-8") as out:
+        while True:
+            # The previous batch is deleted only by this call, after its events were written and
+            # synced: a crash in between writes them again, never loses them.
+            batch = d.get_batch()
+            if not batch:
+                break
+            for event in batch:
+                out.write(json.dumps(_jsonable(event), default=repr, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            written += len(batch)
+    d.close()
+    print(f"drained {written} events from {folder} to {args.to}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from turbo_queue._demo import run_demo
+
+    if args.events <= 0 or (args.consumers is not None and args.consumers <= 0):
+        raise SystemExit("turbo-queue: --events and --consumers must be positive")
+    run_demo(args.events, args.consumers, args.work_us)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from turbo_queue import SERIALIZERS
+
+    p = argparse.ArgumentParser(prog="turbo-queue", description="Watch and manage turbo-queue folders.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stats", help="files, events waiting and holders per queue (read-only)")
+    s.add_argument("root")
+    s.add_argument("queue", nargs="?")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_stats)
+
+    w = sub.add_parser("watch", help="live view, refreshed every second, with events/s in and out (read-only)")
+    w.add_argument("root")
+    w.add_argument("queue", nargs="?")
+    w.add_argument("--interval", type=float, default=1.0)
+    w.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
+    w.set_defaults(func=cmd_watch)
+
+    r = sub.add_parser("recover", help="return batches of dead processes to ready_ (startup cleanup)")
+    r.add_argument("root")
+    r.add_argument("queue")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_recover)
+
+    k = sub.add_parser("peek", help="show the next events without consuming them (read-only)")
+    k.add_argument("root")
+    k.add_argument("queue")
+    k.add_argument("-n", type=int, default=10)
+    k.add_argument("--serializer", choices=SERIALIZERS, default="json")
+    k.set_defaults(func=cmd_peek)
+
+    d = sub.add_parser("drain", help="consume every event into a JSON-lines file")
+    d.add_argument("root")
+    d.add_argument("queue")
+    d.add_argument("--to", required=True, metavar="FILE.jsonl")
+    d.add_argument("--serializer", choices=SERIALIZERS, default="json")
+    d.set_defaults(func=cmd_drain)
+
+    m = sub.add_parser("demo", help="one producer feeding many consumer processes, beside multiprocessing.Queue")
+    m.add_argument("--events", type=int, default=500_000)
+    m.add_argument("--consumers", type=int, default=None, help="default: CPUs, 2 to 8")
+    m.add_argument("--work-us", type=float, default=0.0, help="CPU work per event, microseconds")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FileNotFoundError as e:
+        print(f"turbo-queue: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"turbo-queue: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
