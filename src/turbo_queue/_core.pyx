@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True
+# cython: language_level=3, embedsignature=True, auto_pickle=False, autotestdict=False
 """The compiled core of turbo_queue.
 
 A queue is a folder of SQLite files, one batch of events each. Processes coordinate only through

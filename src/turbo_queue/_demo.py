@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any, TextIO
 
 import turbo_queue
 
@@ -29,7 +30,7 @@ def _tq_producer(root: str, n: int) -> None:
             e.add(EVENT)
 
 
-def _tq_consumer(root: str, work: float, counter) -> None:
+def _tq_consumer(root: str, work: float, counter: Any) -> None:
     d = turbo_queue.dequeue(root_path=root, queue_name="demo", wait_timeout=0.05)
     done = 0
     g = d.get()
@@ -52,14 +53,14 @@ def _tq_consumer(root: str, work: float, counter) -> None:
     d.close()
 
 
-def _mpq_producer(q, n: int, consumers: int) -> None:
+def _mpq_producer(q: Any, n: int, consumers: int) -> None:
     for _ in range(n):
         q.put(EVENT)
     for _ in range(consumers):
         q.put(None)
 
 
-def _mpq_consumer(q, work: float, counter) -> None:
+def _mpq_consumer(q: Any, work: float, counter: Any) -> None:
     done = 0
     while True:
         ev = q.get()
@@ -76,13 +77,14 @@ def _mpq_consumer(q, work: float, counter) -> None:
         counter.value += done
 
 
-def _progress(label: str, counter, n: int, t0: float, out) -> float:
+def _progress(label: str, counter: Any, n: int, t0: float, out: TextIO) -> float:
     """Show a live progress bar until `counter` reaches n; returns events/s."""
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        have_rich = True
     except ImportError:
-        Progress = None
-    if Progress is not None and out is sys.stdout:
+        have_rich = False
+    if have_rich and out is sys.stdout:
         columns = (TextColumn(f"{label:22s}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]:>11,.0f} events/s"), TimeElapsedColumn())
         with Progress(*columns, transient=False) as progress:
@@ -105,9 +107,9 @@ def _progress(label: str, counter, n: int, t0: float, out) -> float:
 
 
 def run_demo(events: int = 500_000, consumers: int | None = None, work_us: float = 0.0,
-             out=sys.stdout) -> dict:
+             out: TextIO = sys.stdout) -> dict[str, float]:
     consumers = consumers or max(2, min(8, os.cpu_count() or 2))
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx: Any = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     work = work_us / 1e6
     out.write(f"turbo-queue demo: 1 producer -> {consumers} consumer processes, {events:,d} dict events, "
               f"{work_us:g} us of CPU work per event, {os.cpu_count()} CPUs\n")

@@ -9,7 +9,7 @@ import tempfile
 import time
 import weakref
 from multiprocessing import util as _mp_util
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Literal, cast
 
 from turbo_queue._core import Dequeue, Enqueue, events_in_name
 
@@ -34,8 +34,13 @@ def _private_folder() -> str:
     return tempfile.mkdtemp(prefix="turbo-queue-", dir=where)
 
 
-def _remove_private_folder(path: str, pid: int) -> None:
+def _remove_private_folder(path: str, pid: int, handles: list[Any]) -> None:
     if os.getpid() == pid:
+        for handle in handles:  # this process's own producer and consumer, first
+            try:
+                handle.close()
+            except Exception:
+                pass
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -59,7 +64,7 @@ class Queue:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, maxsize: int = 0,
                  serializer: Any = "pickle", max_events_per_file: int = 10_000,
                  latency: float = 0.001, max_linger: float = 0.05,
-                 durability: str = "process") -> None:
+                 durability: Literal["process", "os"] = "process") -> None:
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
         self._owner_pid = os.getpid()
@@ -74,11 +79,12 @@ class Queue:
         Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
                 serializer=serializer, max_events_per_file=max_events_per_file,
                 max_batch_age=latency, durability=durability)
-        if self._private:
-            # exitpriority < 0: multiprocessing runs it after joining this process's children.
-            _mp_util.Finalize(self, _remove_private_folder, args=(self._folder, self._owner_pid),
-                              exitpriority=-10)
         self._reset()
+        if self._private:
+            # At exit (exitpriority < 0: after multiprocessing joined this process's children), or
+            # when the queue is garbage-collected in the process that made it.
+            _mp_util.Finalize(self, _remove_private_folder,
+                              args=(self._folder, self._owner_pid, self._handles), exitpriority=-10)
 
     def _reset(self) -> None:
         # Called in a new process (unpickled, or forked: see _after_fork_in_child): it opens its own
@@ -87,15 +93,16 @@ class Queue:
         _live.add(self)
         self._producer: Enqueue | None = None
         self._consumer: Dequeue | None = None
-        self._events = None
+        self._events: Iterator[Any] | None = None
+        self._handles: list[Any] = []
         self._closed = False
         self._room = 0
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {"folder": self._folder, "maxsize": self._maxsize, "settings": self._settings,
                 "owner_pid": self._owner_pid, "private": self._private}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self._folder = state["folder"]
         self._maxsize = state["maxsize"]
         self._settings = state["settings"]
@@ -121,6 +128,7 @@ class Queue:
                            durability=s["durability"])
         producer._busy_linger = s["max_linger"]
         self._producer = producer
+        self._handles.append(producer)
         return producer
 
     def _open_consumer(self) -> Dequeue:
@@ -128,6 +136,7 @@ class Queue:
                                  queue_name=os.path.basename(self._folder),
                                  serializer=self._settings["serializer"], wait_timeout=0)
         self._consumer._keep_delivered = True
+        self._handles.append(self._consumer)
         self._events = self._consumer.get(_EMPTY)
         return self._consumer
 
@@ -180,11 +189,11 @@ class Queue:
             if self._closed:
                 raise self._closed_error()
             self._open_consumer()
-            events = self._events
+            events = cast(Iterator[Any], self._events)
         item = next(events)
         if item is not _EMPTY:
             return item
-        consumer = self._consumer
+        consumer = cast(Dequeue, self._consumer)
         if not block:
             raise _queue.Empty
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -203,12 +212,12 @@ class Queue:
     def get_nowait(self) -> Any:
         return self.get(False)
 
-    def get_many(self, max_items: int, timeout: float | None = None) -> list:
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
         """Up to max_items items (at least one, unless queue.Empty is raised after `timeout`)."""
         first = self.get(True, timeout)
         out = [first]
         if max_items > 1:
-            out += self._consumer.get_many(max_items - 1, 0)
+            out += cast(Dequeue, self._consumer).get_many(max_items - 1, 0)
         return out
 
     # -- size ----------------------------------------------------------------------------------
@@ -266,7 +275,7 @@ def _count_rows(path: str) -> int:
     try:
         con = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
         try:
-            return con.execute("SELECT count(*) FROM logs").fetchone()[0]
+            return int(con.execute("SELECT count(*) FROM logs").fetchone()[0])
         finally:
             con.close()
     except sqlite3.Error:

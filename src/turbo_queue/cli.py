@@ -11,6 +11,7 @@ import time
 from typing import Any, Sequence
 
 from turbo_queue import _folder
+from turbo_queue._core import events_in_name
 
 
 def _rich() -> Any:
@@ -87,7 +88,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             snapshots = []
             for f in folders:
                 s = _folder.queue_stats(f)
-                ready = {n: _folder.events_in_name(n) or 0 for n in s.ready_names}
+                ready = {n: events_in_name(n) or 0 for n in s.ready_names}
                 before = seen.get(f)
                 if before is not None and now > last:
                     came = sum(v for n, v in ready.items() if n not in before)
