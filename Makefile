@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LEGACY := .side/tq0.5.2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test typecheck chaos wheel bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ demo: install
 
 test: install $(LEGACY)/turbo_queue/_turbo_queue.py
 	TURBO_QUEUE_LEGACY_PATH=$(LEGACY) $(PY) -m pytest $(PYTEST_ARGS)
+
+typecheck: install
+	$(PY) -m mypy --strict src/turbo_queue examples
+	cd /tmp && $(abspath $(PY)) -m mypy.stubtest turbo_queue._core --allowlist $(abspath stubtest-allowlist.txt)
+
+chaos: install
+	$(PY) -m pytest -q -m chaos tests/test_chaos.py -s
+
+wheel:
+	scripts/build-wheel.sh dist
 
 bench: install $(LEGACY)/turbo_queue/_turbo_queue.py
 	$(PY) bench/e2e.py --legacy-path $(LEGACY)

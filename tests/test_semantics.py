@@ -234,7 +234,7 @@ def test_permission_denied_names_the_folder(tmp_path):
         import os, sys, tempfile, shutil
         import turbo_queue
         locked = tempfile.mkdtemp(prefix="tq-perm-")
-        os.chmod(locked, 0o755)
+        os.chmod(locked, 0o555)  # nobody may create the queue folder in it
         try:
             if os.geteuid() == 0:
                 os.setegid(65534); os.seteuid(65534)
@@ -247,6 +247,7 @@ def test_permission_denied_names_the_folder(tmp_path):
         finally:
             if os.getuid() == 0:
                 os.seteuid(0); os.setegid(0)
+            os.chmod(locked, 0o755)
             shutil.rmtree(locked)
     """)
     locked, message = proc.stderr.split("RESULT ", 1)[1].split(" ", 1)

