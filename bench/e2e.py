@@ -1,11 +1,14 @@
 """End to end: 1 producer process -> K consumer processes, side by side in one run.
 
-Systems: this package through the original's API (enqueue.add / next(dequeue.get())) and through
-the batch API (add_many / get_batch), the pure-Python turbo-queue 0.5.2 (from a side folder, since
-both are named turbo_queue), and multiprocessing.Queue. Events/s are counted end to end, process
-start included, as in ../shared/reference/anchors.md.
+Systems: this package through the original's API (enqueue.add + update_enqueue_active_state /
+next(dequeue.get())) and through the batch API (add_many / get_batch), the pure-Python turbo-queue
+0.5.2 (from a side folder, since both are named turbo_queue), and multiprocessing.Queue.
 
-    python bench/e2e.py --events 400000 --consumers 1 --json out.json
+Each measurement runs in a fresh interpreter that imports the system under test and forks the
+producer and the consumers, timed from the fork to the last exit (process start included, the same
+way for every system), with the same number of events for every system.
+
+    python bench/e2e.py --events 1000000 --consumers 1 --json out.json
 """
 
 import argparse
@@ -31,7 +34,7 @@ def burn(us):
             pass
 
 
-# -- roles, each run in its own process -----------------------------------------------------------
+# -- roles, run in processes forked from a runner that imported the system under test ------------
 
 def tq_producer(root, n, per_file, api):
     import turbo_queue
@@ -42,12 +45,8 @@ def tq_producer(root, n, per_file, api):
         for _ in range(n):
             e.add(EVENT)
             e.update_enqueue_active_state()
-    elif api == "batch":
-        chunk = [EVENT] * 1000
-        for _ in range(n // 1000):
-            e.add_many(chunk)
     else:
-        chunk = [RAW] * 1000
+        chunk = [RAW if api == "raw" else EVENT] * 1000
         for _ in range(n // 1000):
             e.add_many(chunk)
     e.close()
@@ -64,7 +63,8 @@ def tq_consumer(root, n, api, work_us):
             ev = next(g)
             if ev is not None:
                 got += 1
-                burn(work_us)
+                if work_us:
+                    burn(work_us)
     else:
         while got < n:
             batch = d.get_batch()
@@ -73,7 +73,6 @@ def tq_consumer(root, n, api, work_us):
                 for _ in batch:
                     burn(work_us)
     d.close()
-    return got
 
 
 def legacy_producer(root, n, per_file):
@@ -98,70 +97,66 @@ def legacy_consumer(root, n, work_us):
             if ev is None:
                 break
             got += 1
+            if work_us:
+                burn(work_us)
+
+
+def mpq_producer(q, n, k):
+    for _ in range(n):
+        q.put(EVENT)
+
+
+def mpq_consumer(q, n, work_us):
+    for _ in range(n):
+        q.get()
+        if work_us:
             burn(work_us)
-    return got
 
-
-def role_main(args):
-    if args.role == "tq-producer":
-        tq_producer(args.root, args.n, args.per_file, args.api)
-    elif args.role == "tq-consumer":
-        tq_consumer(args.root, args.n, args.api, args.work_us)
-    elif args.role == "legacy-producer":
-        legacy_producer(args.root, args.n, args.per_file)
-    elif args.role == "legacy-consumer":
-        legacy_consumer(args.root, args.n, args.work_us)
-
-
-# -- the driver -----------------------------------------------------------------------------------
 
 def split(n, k):
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-def run_files(system, n, k, per_file, api, work_us, legacy_path):
-    """Our package or 0.5.2: one producer process and k consumer processes on a fresh folder."""
-    root = tempfile.mkdtemp(prefix="tq-bench-")
+def runner(system, n, k, per_file, api, work_us):
+    """In a fresh interpreter that imported the system under test: fork 1 producer and k consumers
+    and time them from the fork to the last consumer's exit. Every system is started the same way."""
+    ctx = mp.get_context("fork")
+    if system == "mpq":
+        q = ctx.Queue()
+        cons = [ctx.Process(target=mpq_consumer, args=(q, c, work_us)) for c in split(n, k)]
+        prod = ctx.Process(target=mpq_producer, args=(q, n, k))
+    else:
+        import turbo_queue  # noqa: F401  (imported once, before forking, like multiprocessing's own)
+        root = tempfile.mkdtemp(prefix="tq-bench-")
+        if system == "legacy":
+            cons = [ctx.Process(target=legacy_consumer, args=(root, c, work_us)) for c in split(n, k)]
+            prod = ctx.Process(target=legacy_producer, args=(root, n, per_file))
+        else:
+            cons = [ctx.Process(target=tq_consumer, args=(root, c, api, work_us)) for c in split(n, k)]
+            prod = ctx.Process(target=tq_producer, args=(root, n, per_file, api))
+    t0 = time.perf_counter()
+    for p in cons + [prod]:
+        p.start()
+    for p in cons + [prod]:
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"{system}: a process exited {p.exitcode}")
+    elapsed = time.perf_counter() - t0
+    if system != "mpq":
+        shutil.rmtree(root)
+    print(json.dumps({"events_per_s": n / elapsed}))
+
+
+def run_system(system, n, k, per_file, api, work_us, legacy_path):
     env = dict(os.environ)
     if system == "legacy":
         env["PYTHONPATH"] = legacy_path
-    prefix = "legacy" if system == "legacy" else "tq"
-    me = [sys.executable, os.path.abspath(__file__), "--root", root, "--per-file", str(per_file),
-          "--api", api, "--work-us", str(work_us)]
-    t0 = time.perf_counter()
-    procs = [subprocess.Popen(me + ["--role", f"{prefix}-consumer", "--n", str(c)], env=env)
-             for c in split(n, k)]
-    procs.append(subprocess.Popen(me + ["--role", f"{prefix}-producer", "--n", str(n)], env=env))
-    for p in procs:
-        if p.wait() != 0:
-            raise SystemExit(f"{system} {p.args} failed")
-    elapsed = time.perf_counter() - t0
-    shutil.rmtree(root)
-    return n / elapsed
-
-
-def _mpq_producer(q, n, k):
-    for _ in range(n):
-        q.put(EVENT)
-
-
-def _mpq_consumer(q, n, work_us):
-    for _ in range(n):
-        q.get()
-        burn(work_us)
-
-
-def run_mpqueue(n, k, work_us):
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    t0 = time.perf_counter()
-    procs = [ctx.Process(target=_mpq_consumer, args=(q, c, work_us)) for c in split(n, k)]
-    procs.append(ctx.Process(target=_mpq_producer, args=(q, n, k)))
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return n / (time.perf_counter() - t0)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--runner", system, "--n", str(n),
+                          "--consumers", str(k), "--per-file", str(per_file), "--api", api,
+                          "--work-us", str(work_us)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{system} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["events_per_s"]
 
 
 def ensure_legacy(path):
@@ -173,41 +168,40 @@ def ensure_legacy(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--role")
-    ap.add_argument("--root")
+    ap.add_argument("--runner")
     ap.add_argument("--n", type=int)
     ap.add_argument("--api", default="original")
     ap.add_argument("--per-file", type=int, default=1000)
     ap.add_argument("--work-us", type=float, default=0)
-    ap.add_argument("--events", type=int, default=400_000)
+    ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system; the best is reported")
     ap.add_argument("--legacy-path", default=os.path.join(os.path.dirname(__file__), "..", ".side", "tq0.5.2"))
     ap.add_argument("--json")
     args = ap.parse_args()
-    if args.role:
-        return role_main(args)
+    if args.runner:
+        return runner(args.runner, args.n, args.consumers, args.per_file, args.api, args.work_us)
 
     legacy = ensure_legacy(os.path.abspath(args.legacy_path))
     n, k, w = args.events, args.consumers, args.work_us
     systems = {
-        "turbo-queue (original API, 1000/file)": lambda: run_files("tq", n, k, 1000, "original", w, legacy),
-        "turbo-queue (original API, 10000/file)": lambda: run_files("tq", n, k, 10000, "original", w, legacy),
-        "turbo-queue (add_many/get_batch, 10000/file)": lambda: run_files("tq", n, k, 10000, "batch", w, legacy),
-        "turbo-queue (raw 100 B, add_many/get_batch)": lambda: run_files("tq", n, k, 10000, "raw", w, legacy),
-        "turbo-queue 0.5.2 (pure Python, 1000/file)": lambda: run_files("legacy", n, k, 1000, "original", w, legacy),
-        "multiprocessing.Queue": lambda: run_mpqueue(n, k, w),
+        "turbo-queue (original API, 1000/file)": ("tq", 1000, "original"),
+        "turbo-queue (original API, 10000/file)": ("tq", 10000, "original"),
+        "turbo-queue (add_many/get_batch, 10000/file)": ("tq", 10000, "batch"),
+        "turbo-queue (raw 100 B, add_many/get_batch)": ("tq", 10000, "raw"),
+        "turbo-queue 0.5.2 (pure Python, 1000/file)": ("legacy", 1000, "original"),
+        "multiprocessing.Queue": ("mpq", 0, "original"),
     }
     results = {}
-    for name, fn in systems.items():
-        rates = [fn() for _ in range(args.repeat)]
+    for name, (system, per_file, api) in systems.items():
+        count = n
+        rates = [run_system(system, count, k, per_file, api, w, legacy) for _ in range(args.repeat)]
         results[name] = max(rates)
         print(f"{name:48s} {results[name]:>12,.0f} events/s   (runs: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
-    ours = results["turbo-queue (original API, 1000/file)"]
     print()
-    for base in ("turbo-queue 0.5.2 (pure Python, 1000/file)", "multiprocessing.Queue"):
-        print(f"original API, 1000/file vs {base}: {ours / results[base]:.1f}x")
-        print(f"original API, 10000/file vs {base}: {results['turbo-queue (original API, 10000/file)'] / results[base]:.1f}x")
+    for ours in ("turbo-queue (original API, 1000/file)", "turbo-queue (original API, 10000/file)"):
+        for base in ("turbo-queue 0.5.2 (pure Python, 1000/file)", "multiprocessing.Queue"):
+            print(f"{ours} vs {base}: {results[ours] / results[base]:.1f}x")
     host = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "events": n, "consumers": k, "work_us": w}
     if args.json:
