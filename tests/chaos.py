@@ -109,14 +109,9 @@ def run_once(seed, producers=2, consumers=3, duration=1.0):
                 con.close()
     # Everything stopped: startup cleanup returns what dead processes held, then drain.
     turbo_queue.startup(root_path=root, queue_name="q").on_start_cleanup()
-    d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0)
-    drained = []
-    while True:
-        batch = d.get_batch()
-        if not batch:
-            break
-        drained += batch
-    d.close()
+    from conftest import drain_all
+
+    drained = drain_all(root)
     published = set(read_words(root, "pub-"))
     delivered = read_words(root, "del-") + drained
     left = sorted(n for n in os.listdir(folder) if not n.startswith(".") and not n.endswith("-journal"))

@@ -54,3 +54,19 @@ def batch_files(folder, prefix=""):
     """Batch files of a queue folder (not owner locks, not SQLite journals)."""
     return sorted(n for n in os.listdir(folder)
                   if n.startswith(prefix) and not n.startswith(".") and not n.endswith("-journal"))
+
+
+def drain_all(root, queue_name="q", **settings):
+    """Every event left in a queue, read with a fresh consumer until none is ready."""
+    import turbo_queue
+
+    settings.setdefault("wait_timeout", 0)
+    d = turbo_queue.dequeue(root_path=str(root), queue_name=queue_name, **settings)
+    got = []
+    while True:
+        batch = d.get_batch()
+        if not batch:
+            break
+        got += batch
+    d.close()
+    return got

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import turbo_queue
-from conftest import batch_files, run_script
+from conftest import batch_files, drain_all, run_script
 
 
 def publish(root, events, per_file, serializer="json"):
@@ -18,15 +18,7 @@ def publish(root, events, per_file, serializer="json"):
 
 
 def drain(root, serializer="json"):
-    d = turbo_queue.dequeue(root_path=str(root), queue_name="q", wait_timeout=0, serializer=serializer)
-    got = []
-    while True:
-        b = d.get_batch()
-        if not b:
-            break
-        got += b
-    d.close()
-    return got
+    return drain_all(root, serializer=serializer)
 
 
 def sabotage(path, how):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files, run_script
+from conftest import batch_files, drain_all, run_script
 
 BATCH = 100
 BATCHES = 6
@@ -60,15 +60,7 @@ def integrity_ok(folder):
 
 
 def drain(root):
-    d = turbo_queue.dequeue(root_path=str(root), queue_name="q", wait_timeout=0, reclaim_interval=0.01)
-    got = []
-    while True:
-        batch = d.get_batch()
-        if not batch:
-            break
-        got += batch
-    d.close()
-    return got
+    return drain_all(root, reclaim_interval=0.01)  # a running consumer that reclaims eagerly
 
 
 def publish_all(root):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files
+from conftest import batch_files, drain_all
 
 ctx = mp.get_context("fork")
 
@@ -186,13 +186,8 @@ def test_objects_created_before_fork_work_in_the_child(tmp_path):
     p.join(30)
     assert p.exitcode == 0
     e.close()
-    got = []
-    while True:
-        b = d.get_batch()
-        if not b:
-            break
-        got += b
-    assert sorted(got) == ["from-child", "from-parent"]
+    d.close()
+    assert sorted(drain_all(tmp_path)) == ["from-child", "from-parent"]
 
 
 def add_and_return(root):

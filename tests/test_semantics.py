@@ -7,7 +7,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files, run_script
+from conftest import batch_files, drain_all, run_script
 
 
 def producer(tmp_path, **kw):
@@ -151,14 +151,7 @@ def test_names_sort_in_publish_order(tmp_path):
     for n in names:
         assert n.startswith("ready_") and n.endswith(".db") and n.split("_")[1].isdigit()
     assert consumer(tmp_path).get_many(100) == [0]
-    d = consumer(tmp_path)
-    got = []
-    while True:
-        b = d.get_batch()
-        if not b:
-            break
-        got += b
-    assert got == list(range(1, 50))
+    assert drain_all(tmp_path) == list(range(1, 50))
 
 
 def test_max_batch_age_accepts_fractions_and_publishes_without_a_call(tmp_path):

@@ -23,6 +23,18 @@ def _burn(seconds: float) -> None:
         pass
 
 
+def _handled(work: float, counter: Any, done: int) -> int:
+    """One event consumed: do its work, count it (the shared counter in steps of 1000)."""
+    if work:
+        _burn(work)
+    done += 1
+    if done == 1000:
+        with counter.get_lock():
+            counter.value += 1000
+        return 0
+    return done
+
+
 def _tq_producer(root: str, n: int) -> None:
     with turbo_queue.enqueue(root_path=root, queue_name="demo", max_events_per_file=5000,
                              max_ready_files=10**6, max_batch_age=0.05) as e:
@@ -40,13 +52,7 @@ def _tq_consumer(root: str, work: float, counter: Any) -> None:
             if counter.value < 0:  # the driver says every event was counted
                 break
             continue
-        if work:
-            _burn(work)
-        done += 1
-        if done % 1000 == 0:
-            with counter.get_lock():
-                counter.value += 1000
-                done = 0
+        done = _handled(work, counter, done)
     with counter.get_lock():
         if counter.value >= 0:
             counter.value += done
@@ -66,13 +72,7 @@ def _mpq_consumer(q: Any, work: float, counter: Any) -> None:
         ev = q.get()
         if ev is None:
             break
-        if work:
-            _burn(work)
-        done += 1
-        if done % 1000 == 0:
-            with counter.get_lock():
-                counter.value += 1000
-                done = 0
+        done = _handled(work, counter, done)
     with counter.get_lock():
         counter.value += done
 

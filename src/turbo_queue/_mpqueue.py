@@ -12,6 +12,7 @@ from multiprocessing import util as _mp_util
 from typing import Any, Iterable, Iterator, Literal, cast
 
 from turbo_queue._core import Dequeue, Enqueue, events_in_name
+from turbo_queue._folder import count_rows
 
 _EMPTY = object()
 _live: "weakref.WeakSet[Queue]" = weakref.WeakSet()
@@ -234,7 +235,7 @@ class Queue:
         for name in names:
             if name.startswith("ready_") and name.endswith(".db"):
                 n = events_in_name(name)
-                total += n if n is not None else _count_rows(os.path.join(self._folder, name))
+                total += n if n is not None else count_rows(os.path.join(self._folder, name))
         return total
 
     def empty(self) -> bool:
@@ -265,18 +266,3 @@ class Queue:
     def cancel_join_thread(self) -> None:
         """Accepted for compatibility: events are published synchronously, so nothing is waited for
         at exit and nothing is dropped."""
-
-
-def _count_rows(path: str) -> int:
-    import sqlite3
-
-    from urllib.parse import quote
-
-    try:
-        con = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
-        try:
-            return int(con.execute("SELECT count(*) FROM logs").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
