@@ -288,3 +288,51 @@ def test_a_waiting_get_wakes_on_publish_without_polling_interval(tmp_path):
     threading.Timer(0.2, e.add, args=("late",)).start()
     assert d.get_many(1) == ["late"]  # returned long before the 30 s wait ran out
     e.close()
+
+
+def test_a_dequeue_used_by_two_threads_at_once_raises_instead_of_crashing(tmp_path):
+    import threading
+
+    d = consumer(tmp_path, wait_timeout=30)  # the first thread waits in get() with the GIL released
+    got = []
+    waiting = threading.Thread(target=lambda: got.extend(d.get_many(1)))
+    waiting.start()
+    error = None
+    deadline = time.monotonic() + 20
+    while error is None and time.monotonic() < deadline:
+        try:
+            d.get_many(1, timeout=0)  # succeeds (empty) until the other thread is inside its wait
+        except RuntimeError as e:
+            error = str(e)
+        time.sleep(0.001)
+    with producer(tmp_path) as e:  # release the waiting thread
+        e.add("wake")
+    waiting.join(30)
+    assert error is not None and "another thread" in error
+    assert got == ["wake"]
+    assert d.get_many(1, timeout=0) == []  # usable again once the other call returned
+
+
+def test_queue_get_from_many_threads(tmp_path):
+    import threading
+
+    q = turbo_queue.Queue()
+    q.put_many(range(3000))
+    got, lock = [], threading.Lock()
+
+    def worker():
+        while True:
+            try:
+                item = q.get(timeout=0.5)
+            except Exception:
+                return
+            with lock:
+                got.append(item)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(3000))
+    q.close()

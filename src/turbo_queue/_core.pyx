@@ -1376,6 +1376,7 @@ cdef class Dequeue(_QueueBase):
     cdef long long _total_gets
     cdef long long _total_batch
     cdef public bint _keep_delivered
+    cdef bint _busy
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -1533,9 +1534,25 @@ cdef class Dequeue(_QueueBase):
             return value
         return _decode(self._ser, repr(value).encode(), self._custom)
 
+    cdef int _enter(self) except -1:
+        # A consumer is not shared between threads: its SQLite handle is used without a mutex and
+        # with the GIL released. Refuse a second thread cleanly instead of corrupting memory.
+        if self._busy:
+            raise RuntimeError("turbo_queue: this dequeue is in use by another thread; give each "
+                               "thread its own dequeue (or use turbo_queue.Queue, which locks)")
+        self._busy = True
+        return 0
+
     cdef int _ensure_rows(self, double timeout) except -1:
         """Make rows of a claimed batch available. 1: rows at _pos; 0: nothing ready after waiting;
         2: the batch is exhausted and auto_cleanup is off."""
+        self._enter()
+        try:
+            return self._ensure_rows_entered(timeout)
+        finally:
+            self._busy = False
+
+    cdef int _ensure_rows_entered(self, double timeout) except -1:
         cdef double deadline = -1.0, left
         while True:
             if self._pos < self._chunk.nrows:
@@ -1743,6 +1760,8 @@ cdef class Dequeue(_QueueBase):
     def clean_up(self):
         """Delete the current batch now (as when its last event was handed out). Events of it not yet
         handed out are dropped. Does nothing when no batch is held."""
+        if self._busy:
+            self._enter()  # raises: another thread is in the middle of a call
         if self._db == NULL:
             return
         if not (self._stmt_done and self._pos >= self._chunk.nrows):
@@ -1753,6 +1772,8 @@ cdef class Dequeue(_QueueBase):
     def roll_back(self):
         """Give the current batch back to the queue unfinished, under its original name so it keeps
         its place; every event of it will be delivered again. Returns False if no batch was held."""
+        if self._busy:
+            self._enter()
         if self._db == NULL:
             return False
         self._give_back()
@@ -1761,6 +1782,8 @@ cdef class Dequeue(_QueueBase):
     def close(self):
         """Release the held batch (deleted if every event was handed out, else given back) and this
         consumer's files. Idempotent."""
+        if self._busy:
+            self._enter()
         if self._keep_delivered:
             return self._close_keeping_delivered()
         if self._db != NULL:

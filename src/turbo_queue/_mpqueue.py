@@ -6,6 +6,7 @@ import os
 import queue as _queue
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from multiprocessing import util as _mp_util
@@ -96,6 +97,8 @@ class Queue:
         self._consumer: Dequeue | None = None
         self._events: Iterator[Any] | None = None
         self._handles: list[Any] = []
+        # Like multiprocessing.Queue, usable from several threads: one consumer, one at a time.
+        self._get_lock = threading.Lock()
         self._closed = False
         self._room = 0
 
@@ -185,6 +188,14 @@ class Queue:
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item; block until one is available (or raise queue.Empty)."""
+        if not self._get_lock.acquire(block, -1 if timeout is None or not block else max(0.0, timeout)):
+            raise _queue.Empty
+        try:
+            return self._get(block, timeout)
+        finally:
+            self._get_lock.release()
+
+    def _get(self, block: bool, timeout: float | None) -> Any:
         events = self._events
         if events is None:
             if self._closed:
@@ -215,11 +226,15 @@ class Queue:
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
         """Up to max_items items (at least one, unless queue.Empty is raised after `timeout`)."""
-        first = self.get(True, timeout)
-        out = [first]
-        if max_items > 1:
-            out += cast(Dequeue, self._consumer).get_many(max_items - 1, 0)
-        return out
+        if not self._get_lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            raise _queue.Empty
+        try:
+            out = [self._get(True, timeout)]
+            if max_items > 1:
+                out += cast(Dequeue, self._consumer).get_many(max_items - 1, 0)
+            return out
+        finally:
+            self._get_lock.release()
 
     # -- size ----------------------------------------------------------------------------------
 
@@ -251,6 +266,10 @@ class Queue:
         but did not hand out. Other processes keep using the queue."""
         if self._closed:
             return
+        with self._get_lock:
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         if self._producer is not None:
             self._producer.close()
