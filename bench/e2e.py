@@ -121,8 +121,12 @@ def runner(system, n, k, per_file, api, work_us):
     """In a fresh interpreter that imported the system under test: fork 1 producer and k consumers
     and time them from the fork to the last consumer's exit. Every system is started the same way."""
     ctx = mp.get_context("fork")
-    if system == "mpq":
-        q = ctx.Queue()
+    if system in ("mpq", "ffq"):
+        if system == "ffq":
+            from faster_fifo import Queue as FasterFifoQueue
+            q = FasterFifoQueue(max_size_bytes=64 * 1024 * 1024)
+        else:
+            q = ctx.Queue()
         cons = [ctx.Process(target=mpq_consumer, args=(q, c, work_us)) for c in split(n, k)]
         prod = ctx.Process(target=mpq_producer, args=(q, n, k))
     else:
@@ -142,7 +146,7 @@ def runner(system, n, k, per_file, api, work_us):
         if p.exitcode != 0:
             raise SystemExit(f"{system}: a process exited {p.exitcode}")
     elapsed = time.perf_counter() - t0
-    if system != "mpq":
+    if system not in ("mpq", "ffq"):
         shutil.rmtree(root)
     print(json.dumps({"events_per_s": n / elapsed}))
 
