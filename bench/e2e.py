@@ -1,12 +1,14 @@
 """End to end: 1 producer process -> K consumer processes, side by side in one run.
 
-Systems: this package through the original's API (enqueue.add + update_enqueue_active_state /
-next(dequeue.get())) and through the batch API (add_many / get_batch), the pure-Python turbo-queue
+Systems: this package through the original's API (enqueue.add / next(dequeue.get())) and through the batch API (add_many / get_batch), the pure-Python turbo-queue
 0.5.2 (from a side folder, since both are named turbo_queue), and multiprocessing.Queue.
 
 Each measurement runs in a fresh interpreter that imports the system under test and forks the
 producer and the consumers, timed from the fork to the last exit (process start included, the same
 way for every system), with the same number of events for every system.
+
+Both turbo-queues get the same calls: `add` per event, and `update_enqueue_active_state()` every
+--update-every events (default 0: never; the pure-Python version's one lists the folder each time).
 
     python bench/e2e.py --events 1000000 --consumers 1 --json out.json
 """
@@ -25,6 +27,7 @@ import time
 EVENT = {"id": 123456, "host": "web-17.example.net", "path": "/api/v1/items/42?expand=true",
          "status": 200, "bytes": 5123, "ts": 1764312000.123, "agent": "Mozilla/5.0 (X11; Linux)"}
 RAW = b"x" * 100
+UPDATE_EVERY = int(os.environ.get("TQ_BENCH_UPDATE_EVERY", "0"))
 
 
 def burn(us):
@@ -42,9 +45,10 @@ def tq_producer(root, n, per_file, api):
                             max_ready_files=10**9, serializer="raw" if api == "raw" else "json")
     e.start()
     if api == "original":
-        for _ in range(n):
+        for i in range(n):
             e.add(EVENT)
-            e.update_enqueue_active_state()
+            if UPDATE_EVERY and i % UPDATE_EVERY == 0:
+                e.update_enqueue_active_state()
     else:
         chunk = [RAW if api == "raw" else EVENT] * 1000
         for _ in range(n // 1000):
@@ -82,8 +86,10 @@ def legacy_producer(root, n, per_file):
     e.root_path, e.queue_name = root, "b"
     e.max_events_per_file, e.max_ready_files = per_file, 10**9
     e.start()
-    for _ in range(n):
+    for i in range(n):
         e.add(EVENT)
+        if UPDATE_EVERY and i % UPDATE_EVERY == 0:
+            e.update_enqueue_active_state()
 
 
 def legacy_consumer(root, n, work_us):
@@ -181,8 +187,11 @@ def main():
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system; the best is reported")
     ap.add_argument("--legacy-path", default=os.path.join(os.path.dirname(__file__), "..", ".side", "tq0.5.2"))
+    ap.add_argument("--update-every", type=int, default=0,
+                    help="call update_enqueue_active_state() every N events in both turbo-queues")
     ap.add_argument("--json")
     args = ap.parse_args()
+    os.environ["TQ_BENCH_UPDATE_EVERY"] = str(args.update_every)
     if args.runner:
         return runner(args.runner, args.n, args.consumers, args.per_file, args.api, args.work_us)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -39,6 +38,8 @@ class QueueStats:
 
 def count_rows(path: str) -> int:
     """Rows of a batch, read-only (for names that do not carry their count)."""
+    import sqlite3  # only here: importing turbo_queue must not load the system's SQLite
+
     try:
         con = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
         try:
@@ -114,6 +115,8 @@ def queue_folders(root: str, queue: str | None = None) -> list[str]:
 
 def peek_rows(folder: str, limit: int) -> Iterator[bytes]:
     """The stored values of the oldest ready batches, without claiming or changing anything."""
+    import sqlite3
+
     left = limit
     for name in queue_stats(folder).ready_names:
         if left <= 0:
