@@ -50,7 +50,7 @@ print("turbo_queue uses SQLite", turbo_queue.SQLITE_VERSION)
 PY
 
 echo "== tests against the installed wheel"
-cp -r tests "$work/tests"
+cp -r tests examples "$work/"
 cat > "$work/pytest.ini" <<'INI'
 [pytest]
 addopts = -ra --strict-markers -m "not chaos" -p no:cacheprovider
