@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,21 +206,23 @@ def main():
         "turbo-queue 0.5.2 (pure Python, 1000/file)": ("legacy", 1000, "original"),
         "multiprocessing.Queue": ("mpq", 0, "original"),
     }
-    results = {}
+    results, medians = {}, {}
     for name, (system, per_file, api) in systems.items():
-        count = n
-        rates = [run_system(system, count, k, per_file, api, w, legacy) for _ in range(args.repeat)]
+        rates = [run_system(system, n, k, per_file, api, w, legacy) for _ in range(args.repeat)]
         results[name] = max(rates)
-        print(f"{name:48s} {results[name]:>12,.0f} events/s   (runs: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
+        medians[name] = statistics.median(rates)
+        print(f"{name:48s} best {results[name]:>11,.0f}  median {medians[name]:>11,.0f} events/s   "
+              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
     print()
     for ours in ("turbo-queue (original API, 1000/file)", "turbo-queue (original API, 10000/file)"):
         for base in ("turbo-queue 0.5.2 (pure Python, 1000/file)", "multiprocessing.Queue"):
-            print(f"{ours} vs {base}: {results[ours] / results[base]:.1f}x")
+            print(f"{ours} vs {base}: best {results[ours] / results[base]:.1f}x, "
+                  f"median {medians[ours] / medians[base]:.1f}x")
     host = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "events": n, "consumers": k, "work_us": w}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"host": host, "events_per_s": results}, f, indent=2)
+            json.dump({"host": host, "best_events_per_s": results, "median_events_per_s": medians}, f, indent=2)
 
 
 if __name__ == "__main__":
