@@ -1478,7 +1478,6 @@ cdef class Dequeue(_QueueBase):
         when no batch is ready after waiting `timeout` seconds (default wait_timeout)."""
         cdef double wait = self._wait_timeout if timeout is None else timeout
         cdef list out = []
-        cdef Py_ssize_t end
         if n <= 0:
             return out
         if self._ensure_rows(wait) != 1:
