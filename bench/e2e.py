@@ -1,4 +1,4 @@
-"""End to end: 1 producer process -> K consumer processes, side by side in one run.
+"""End to end: P producer processes (default 1) -> K consumer processes, side by side in one run.
 
 Systems: this package through the original's API (enqueue.add / next(dequeue.get())) and through the batch API (add_many / get_batch), the pure-Python turbo-queue
 0.5.2 (from a side folder, since both are named turbo_queue), and multiprocessing.Queue.
@@ -124,7 +124,7 @@ def split(n, k):
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
-def runner(system, n, k, per_file, api, work_us):
+def runner(system, n, k, per_file, api, work_us, producers=1):
     """In a fresh interpreter that imported the system under test: fork 1 producer and k consumers
     and time them from the fork to the last consumer's exit. Every system is started the same way."""
     ctx = mp.get_context("fork")
@@ -135,20 +135,20 @@ def runner(system, n, k, per_file, api, work_us):
         else:
             q = ctx.Queue()
         cons = [ctx.Process(target=mpq_consumer, args=(q, c, work_us)) for c in split(n, k)]
-        prod = ctx.Process(target=mpq_producer, args=(q, n, k))
+        prods = [ctx.Process(target=mpq_producer, args=(q, m, k)) for m in split(n, producers)]
     else:
         import turbo_queue  # noqa: F401  (imported once, before forking, like multiprocessing's own)
         root = tempfile.mkdtemp(prefix="tq-bench-")
         if system == "legacy":
             cons = [ctx.Process(target=legacy_consumer, args=(root, c, work_us)) for c in split(n, k)]
-            prod = ctx.Process(target=legacy_producer, args=(root, n, per_file))
+            prods = [ctx.Process(target=legacy_producer, args=(root, m, per_file)) for m in split(n, producers)]
         else:
             cons = [ctx.Process(target=tq_consumer, args=(root, c, api, work_us)) for c in split(n, k)]
-            prod = ctx.Process(target=tq_producer, args=(root, n, per_file, api))
+            prods = [ctx.Process(target=tq_producer, args=(root, m, per_file, api)) for m in split(n, producers)]
     t0 = time.perf_counter()
-    for p in cons + [prod]:
+    for p in cons + prods:
         p.start()
-    for p in cons + [prod]:
+    for p in cons + prods:
         p.join()
         if p.exitcode != 0:
             raise SystemExit(f"{system}: a process exited {p.exitcode}")
@@ -158,13 +158,14 @@ def runner(system, n, k, per_file, api, work_us):
     print(json.dumps({"events_per_s": n / elapsed}))
 
 
-def run_system(system, n, k, per_file, api, work_us, legacy_path):
+def run_system(system, n, k, per_file, api, work_us, legacy_path, producers=1):
     env = dict(os.environ)
     if system == "legacy":
         env["PYTHONPATH"] = legacy_path
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--runner", system, "--n", str(n),
                           "--consumers", str(k), "--per-file", str(per_file), "--api", api,
-                          "--work-us", str(work_us)], env=env, capture_output=True, text=True)
+                          "--work-us", str(work_us), "--producers", str(producers)],
+                         env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{system} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])["events_per_s"]
@@ -186,6 +187,7 @@ def main():
     ap.add_argument("--work-us", type=float, default=0)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--consumers", type=int, default=1)
+    ap.add_argument("--producers", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system; the best is reported")
     ap.add_argument("--legacy-path", default=os.path.join(os.path.dirname(__file__), "..", ".side", "tq0.5.2"))
     ap.add_argument("--update-every", type=int, default=0,
@@ -194,7 +196,8 @@ def main():
     args = ap.parse_args()
     os.environ["TQ_BENCH_UPDATE_EVERY"] = str(args.update_every)
     if args.runner:
-        return runner(args.runner, args.n, args.consumers, args.per_file, args.api, args.work_us)
+        return runner(args.runner, args.n, args.consumers, args.per_file, args.api, args.work_us,
+                      args.producers)
 
     legacy = ensure_legacy(os.path.abspath(args.legacy_path))
     n, k, w = args.events, args.consumers, args.work_us
@@ -208,7 +211,8 @@ def main():
     }
     results, medians = {}, {}
     for name, (system, per_file, api) in systems.items():
-        rates = [run_system(system, n, k, per_file, api, w, legacy) for _ in range(args.repeat)]
+        rates = [run_system(system, n, k, per_file, api, w, legacy, args.producers)
+                 for _ in range(args.repeat)]
         results[name] = max(rates)
         medians[name] = statistics.median(rates)
         print(f"{name:48s} best {results[name]:>11,.0f}  median {medians[name]:>11,.0f} events/s   "
@@ -219,7 +223,7 @@ def main():
             print(f"{ours} vs {base}: best {results[ours] / results[base]:.1f}x, "
                   f"median {medians[ours] / medians[base]:.1f}x")
     host = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "events": n, "consumers": k, "work_us": w}
+            "events": n, "producers": args.producers, "consumers": k, "work_us": w}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"host": host, "best_events_per_s": results, "median_events_per_s": medians}, f, indent=2)
