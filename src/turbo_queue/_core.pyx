@@ -816,6 +816,7 @@ cdef class Enqueue(_QueueBase):
     cdef bytes _ready_path
     cdef bytes _batch_folder
     cdef list _pending
+    cdef Py_ssize_t _pending_bytes
     cdef Py_ssize_t _count
     cdef double _batch_started
     cdef int64_t _last_ns
@@ -956,9 +957,11 @@ cdef class Enqueue(_QueueBase):
         if self._db == NULL:
             self._open_batch_locked()
         self._pending.append(b)
+        self._pending_bytes += PyBytes_GET_SIZE(b)
         self._count += 1
         _step("add")
-        if len(self._pending) >= PENDING_MAX:
+        # Insert once enough is pending, by count or (for large events) by size.
+        if len(self._pending) >= PENDING_MAX or self._pending_bytes >= CHUNK_BYTES:
             self._insert_pending_locked()
         if self._count >= self._max_events_per_file:
             self._publish_locked()
@@ -1061,6 +1064,7 @@ cdef class Enqueue(_QueueBase):
             free(data)
             free(sizes)
         self._pending.clear()
+        self._pending_bytes = 0
         _step("insert")
         if rc != SQLITE_DONE:
             self._abandon_batch_locked(rc, sys_err, "write to batch")
@@ -1085,6 +1089,7 @@ cdef class Enqueue(_QueueBase):
             self._ins_group = NULL
             self._count = 0
             self._pending.clear()
+            self._pending_bytes = 0
             for suffix in (b"", b"-journal"):
                 try:
                     os.unlink(path + suffix)
@@ -1253,6 +1258,7 @@ cdef class Enqueue(_QueueBase):
         self._ins_group = NULL
         self._count = 0
         self._pending = []
+        self._pending_bytes = 0
         self._timer = None
         self._owner.forget()
 
