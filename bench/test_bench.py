@@ -6,7 +6,6 @@ Not part of the default test run (it lives in bench/):
 
 import multiprocessing as mp
 import tempfile
-import threading
 
 import pytest
 
@@ -81,24 +80,16 @@ def _fill(q, n):
         q.put(EVENT)
 
 
-def test_producer_alone_multiprocessing_queue(benchmark):
-    # put() returns before the pickled item is written; a child process drains the pipe meanwhile.
+@pytest.mark.parametrize("side", ["producer", "consumer"])
+def test_alone_multiprocessing_queue(benchmark, side):
+    # The other side runs in a child process: put() returns before the pickled item is written by
+    # the feeder thread, and get() needs someone filling the pipe.
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     rounds = 10
-    child = ctx.Process(target=_drain, args=(q, N * (rounds + 1)))
+    mine, theirs = (_fill, _drain) if side == "producer" else (_drain, _fill)
+    child = ctx.Process(target=theirs, args=(q, N * (rounds + 1)))
     child.start()
-    benchmark.pedantic(lambda: _fill(q, N), rounds=rounds, warmup_rounds=1)
-    child.join()
-    benchmark.extra_info["events_per_round"] = N
-
-
-def test_consumer_alone_multiprocessing_queue(benchmark):
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    rounds = 10
-    child = ctx.Process(target=_fill, args=(q, N * (rounds + 1)))
-    child.start()
-    benchmark.pedantic(lambda: _drain(q, N), rounds=rounds, warmup_rounds=1)
+    benchmark.pedantic(lambda: mine(q, N), rounds=rounds, warmup_rounds=1)
     child.join()
     benchmark.extra_info["events_per_round"] = N
