@@ -242,7 +242,8 @@ cdef bytes _json_encode(object value):
 cdef object _json_decode(bytes b):
     cdef const char *p = PyBytes_AS_STRING(b)
     cdef size_t n = <size_t>PyBytes_GET_SIZE(b)
-    # orjson reads integers of 20+ digits as floats; the standard library keeps them exact.
+    # orjson reads integers beyond 64 bits as floats; the standard library keeps them exact. Any run
+    # of 19+ digits goes to the standard library (always correct, only slower).
     if tq_has_digit_run(p, n, 19):
         return _std_loads(b)
     try:
@@ -782,16 +783,21 @@ cdef class _QueueBase:
 
     def get_ready_length(self):
         """Number of ready_ batches in the queue folder."""
-        cdef bytes folder = self._folder()
-        cdef const char *cfolder = folder
-        cdef long n
-        cdef int err
-        with nogil:
-            n = tq_count(cfolder, b"ready_", b".db")
-            err = errno
-        if n < 0:
-            raise_os(err, "list the queue folder", folder)
-        return n
+        return _count_ready(self._folder(), True)
+
+
+cdef long _count_ready(bytes folder, bint strict) except -2:
+    """ready_ batches in `folder`, counted in C with the GIL released. A folder that cannot be
+    listed raises when strict, else counts as -1."""
+    cdef const char *cfolder = folder
+    cdef long n
+    cdef int err
+    with nogil:
+        n = tq_count(cfolder, b"ready_", b".db")
+        err = errno
+    if n < 0 and strict:
+        raise_os(err, "list the queue folder", folder)
+    return n
 
 
 _live = weakref.WeakSet()
@@ -1185,19 +1191,8 @@ cdef class Enqueue(_QueueBase):
         batches, True otherwise. Cheap enough to call once per event (the folder is counted at most
         every 2 ms, and after each publish)."""
         cdef double now = tq_now()
-        cdef long n
-        cdef int err
-        cdef bytes folder
-        cdef const char *cfolder
         if now - self._ready_checked_at >= 0.002:
-            folder = self._folder()
-            cfolder = folder
-            with nogil:
-                n = tq_count(cfolder, b"ready_", b".db")
-                err = errno
-            if n < 0:
-                raise_os(err, "list the queue folder", folder)
-            self._ready_count = n
+            self._ready_count = _count_ready(self._folder(), True)
             self._ready_checked_at = now
         self._enqueue_active = self._ready_count < self._max_ready_files
 
@@ -1242,12 +1237,8 @@ cdef class Enqueue(_QueueBase):
         finally:
             self._unlock()
 
-    cdef bint _ready_waiting(self):
-        cdef const char *folder = self._batch_folder
-        cdef long n
-        with nogil:
-            n = tq_count(folder, b"ready_", b".db")
-        return n > 0
+    cdef bint _ready_waiting(self) except -1:
+        return _count_ready(self._batch_folder, False) > 0
 
     cdef void _after_fork_in_child(self) noexcept:
         # The open batch, its pending events and the lock belong to the parent. Forget them without

@@ -50,6 +50,12 @@ def count_rows(path: str) -> int:
         return 0
 
 
+def events_in_batch(folder: str, name: str) -> int:
+    """Events in a ready_ batch: from its name when it carries the count (ours do), else counted."""
+    n = events_in_name(name)
+    return n if n is not None else count_rows(os.path.join(folder, name))
+
+
 def owner_alive(folder: str, token: str) -> bool | None:
     """True/False when the owner lock says so, None when there is no lock file. Read-only: a shared
     lock taken and dropped at once, never created."""
@@ -83,8 +89,7 @@ def queue_stats(folder: str, now: float | None = None) -> QueueStats:
         stats.files[state] += 1
         if state == "ready":
             stats.ready_names.append(name)
-            n = events_in_name(name)
-            stats.events_waiting += n if n is not None else count_rows(os.path.join(folder, name))
+            stats.events_waiting += events_in_batch(folder, name)
             m = _EPOCH.match(name)
             if m and (oldest is None or int(m.group(1)) < oldest):
                 oldest = int(m.group(1))

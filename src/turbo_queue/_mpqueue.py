@@ -12,8 +12,8 @@ import weakref
 from multiprocessing import util as _mp_util
 from typing import Any, Iterable, Iterator, Literal, cast
 
-from turbo_queue._core import Dequeue, Enqueue, events_in_name
-from turbo_queue._folder import count_rows
+from turbo_queue._core import Dequeue, Enqueue
+from turbo_queue._folder import events_in_batch
 
 _EMPTY = object()
 _live: "weakref.WeakSet[Queue]" = weakref.WeakSet()
@@ -249,8 +249,7 @@ class Queue:
             return total
         for name in names:
             if name.startswith("ready_") and name.endswith(".db"):
-                n = events_in_name(name)
-                total += n if n is not None else count_rows(os.path.join(self._folder, name))
+                total += events_in_batch(self._folder, name)
         return total
 
     def empty(self) -> bool:
