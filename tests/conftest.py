@@ -70,3 +70,24 @@ def drain_all(root, queue_name="q", **settings):
         got += batch
     d.close()
     return got
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real single-node Apache Kafka broker (KRaft) on 127.0.0.1, started once for the session.
+
+    Its jars are fetched with Maven on first use (scripts/kafka_broker.py). Skipped only where Java
+    is missing; a missing Maven or a broker that does not start fails the tests.
+    """
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: the Kafka connector tests run a real broker, which needs "
+                    "Java 17+ (apt-get install openjdk-17-jre-headless)")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from kafka_broker import KafkaBroker
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker

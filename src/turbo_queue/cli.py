@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--consumers", type=int, default=None, help="default: CPUs, 2 to 8")
     m.add_argument("--work-us", type=float, default=0.0, help="CPU work per event, microseconds")
     m.set_defaults(func=cmd_demo)
+
+    from turbo_queue import _kafka_cli
+
+    _kafka_cli.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,624 @@
+"""Kafka connectors with at-least-once delivery: topics -> a local queue, a local queue -> a topic.
+
+``KafkaSource`` consumes topics into a turbo-queue folder and commits a Kafka offset only once every
+event up to it is in a published batch. ``KafkaSink`` claims batches, produces every event, and
+deletes a batch only after every delivery report of it succeeded. Nothing is lost; an event is
+delivered twice only after a crash (or after a batch whose deliveries kept failing was given back).
+
+Needs the ``kafka`` extra: ``pip install "turbo-queue[kafka]"`` (confluent-kafka and msgpack).
+
+What travels through the queue depends on ``value_format``:
+
+- ``"record"`` (default): a :class:`Record` per message: the value bytes untouched, with the key,
+  headers, timestamp and where it came from. Workers read and write it with
+  ``serializer=turbo_queue.kafka.RECORDS``.
+- ``"bytes"``: the value bytes only (the fastest; keys and headers are dropped).
+- ``"json"``: the value decoded as JSON, stored as the original turbo-queue stores events, so
+  workers written for the pure-Python package (0.8's ``KafkaEnqueue``) read plain dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Optional, Sequence, Tuple
+
+try:
+    import msgpack
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        f"turbo_queue.kafka needs confluent-kafka and msgpack ({e}): "
+        "pip install 'turbo-queue[kafka]'") from e
+
+import orjson
+
+from turbo_queue._core import Dequeue, Enqueue
+
+__all__ = ["RECORDS", "KafkaDequeue", "KafkaEnqueue", "KafkaSink", "KafkaSource", "Record",
+           "RecordSerializer"]
+
+logger = logging.getLogger("turbo_queue")
+
+VALUE_FORMATS = ("record", "bytes", "json")
+Headers = Tuple[Tuple[str, Optional[bytes]], ...]
+
+
+class Record(NamedTuple):
+    """One Kafka message in the queue. ``timestamp`` is in milliseconds since the epoch."""
+
+    value: Optional[bytes]
+    key: Optional[bytes] = None
+    headers: Optional[Headers] = None
+    timestamp: Optional[int] = None
+    topic: Optional[str] = None
+    partition: Optional[int] = None
+    offset: Optional[int] = None
+
+
+class RecordSerializer:
+    """Stores a :class:`Record` as a msgpack array (bytes stay bytes; nothing is re-encoded)."""
+
+    def dumps(self, record: Any) -> bytes:
+        if isinstance(record, (bytes, str)):
+            record = Record(record if isinstance(record, bytes) else record.encode())
+        elif not isinstance(record, Record):
+            raise TypeError(f"a Record, bytes or str is needed, not {type(record).__name__}")
+        return msgpack.packb(record, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def loads(self, data: bytes) -> Record:
+        fields = msgpack.unpackb(data, raw=False, use_list=False)
+        if not isinstance(fields, tuple) or len(fields) != len(Record._fields):
+            raise ValueError(f"not a turbo_queue.kafka Record ({type(fields).__name__})")
+        return Record._make(fields)
+
+
+RECORDS = RecordSerializer()
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _timestamp(msg: Any) -> Optional[int]:
+    kind, ts = msg.timestamp()
+    return None if kind == 0 else int(ts)  # 0: TIMESTAMP_NOT_AVAILABLE
+
+
+def _check_format(value_format: str) -> str:
+    if value_format not in VALUE_FORMATS:
+        raise ValueError(f"turbo_queue.kafka: value_format must be one of {VALUE_FORMATS}, "
+                         f"not {value_format!r}")
+    return value_format
+
+
+class _Stopper:
+    """SIGTERM/SIGINT ask a connector to stop cleanly; previous handlers are restored after."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logger.info("turbo_queue.kafka: %s received, stopping cleanly", signal.Signals(signum).name)
+        self._stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Connector:
+    """Settings shared by source and sink, in the 0.8 names (settable as attributes before start)."""
+
+    def __init__(self, *, kafka_brokers: Optional[str], kafka_client_id: Optional[str],
+                 turbo_queue_queue_name: Optional[str], turbo_queue_root_path: Optional[str],
+                 value_format: str, config: Optional[dict[str, Any]]) -> None:
+        self.kafka_brokers = kafka_brokers
+        self.kafka_client_id = kafka_client_id
+        self.turbo_queue_queue_name = turbo_queue_queue_name
+        self.turbo_queue_root_path = turbo_queue_root_path
+        self.value_format = _check_format(value_format)
+        self.config = dict(config or {})
+        self._stop = threading.Event()
+
+    def _client_config(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        if not (self.kafka_brokers or "bootstrap.servers" in self.config):
+            raise ValueError("turbo_queue.kafka: kafka_brokers (or config['bootstrap.servers']) is required")
+        # librdkafka's own log lines go to our logger, not to stderr.
+        conf = {"logger": logger, **defaults}
+        if self.kafka_brokers:
+            conf["bootstrap.servers"] = self.kafka_brokers
+        if self.kafka_client_id:
+            conf["client.id"] = self.kafka_client_id
+        conf.update(self.config)
+        return conf
+
+    def _queue_settings(self) -> dict[str, Any]:
+        if not self.turbo_queue_root_path or not self.turbo_queue_queue_name:
+            raise ValueError("turbo_queue.kafka: turbo_queue_root_path and turbo_queue_queue_name "
+                             "are required")
+        return {"root_path": self.turbo_queue_root_path, "queue_name": self.turbo_queue_queue_name}
+
+    def stop(self) -> None:
+        """Ask `run()` to stop cleanly (from another thread or a signal handler)."""
+        self._stop.set()
+
+
+class KafkaSource(_Connector):
+    """Consume Kafka topics into a local queue, committing offsets only for published events.
+
+    Backpressure: while the queue holds ``turbo_queue_max_ready_files`` ready batches, the source
+    pauses its partitions and keeps polling (so it stays in the consumer group), and resumes when
+    the queue has drained. On a rebalance it publishes the open batch and commits the revoked
+    partitions before giving them up.
+    """
+
+    def __init__(self, topics: Optional[Iterable[str]] = None, *, kafka_brokers: Optional[str] = None,
+                 kafka_group_id: Optional[str] = None, kafka_client_id: Optional[str] = None,
+                 turbo_queue_queue_name: Optional[str] = None,
+                 turbo_queue_root_path: Optional[str] = None,
+                 turbo_queue_max_ready_files: int = 10,
+                 turbo_queue_max_events_per_file: int = 10000,
+                 kafka_auto_offset_reset: str = "earliest", value_format: str = "record",
+                 max_batch_age: float = 1.0, durability: Literal["process", "os"] = "process",
+                 config: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(kafka_brokers=kafka_brokers, kafka_client_id=kafka_client_id,
+                         turbo_queue_queue_name=turbo_queue_queue_name,
+                         turbo_queue_root_path=turbo_queue_root_path, value_format=value_format,
+                         config=config)
+        self.topics = list(topics or [])
+        self.kafka_group_id = kafka_group_id
+        self.turbo_queue_max_ready_files = turbo_queue_max_ready_files
+        self.turbo_queue_max_events_per_file = turbo_queue_max_events_per_file
+        self.kafka_auto_offset_reset = kafka_auto_offset_reset
+        self.max_batch_age = max_batch_age
+        self.durability = durability
+        self.events = 0          # events added to the queue
+        self.commits = 0         # offset commits sent
+        self.paused = False      # partitions paused by backpressure
+        self._consumer: Any = None
+        self._queue: Optional[Enqueue] = None
+        self._uncommitted = False
+
+    def kafka_subscribe(self, topic: str) -> None:
+        """Add a topic (the 0.8 spelling)."""
+        self.topics.append(topic)
+
+    # -- lifecycle
+
+    def open(self) -> None:
+        if not self.topics:
+            raise ValueError("turbo_queue.kafka: KafkaSource needs at least one topic")
+        if not self.kafka_group_id and "group.id" not in self.config:
+            raise ValueError("turbo_queue.kafka: kafka_group_id (or config['group.id']) is required")
+        conf = self._client_config({
+            # Offsets are committed by us, and only for events in published batches.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.kafka_auto_offset_reset,
+            "on_commit": self._on_commit,
+        })
+        if self.kafka_group_id:
+            conf["group.id"] = self.kafka_group_id
+        conf["enable.auto.commit"] = False  # at-least-once depends on it: never overridden
+        serializer = {"record": "raw", "bytes": "raw", "json": "json"}[self.value_format]
+        self._queue = Enqueue(**self._queue_settings(), serializer=serializer,
+                              max_events_per_file=self.turbo_queue_max_events_per_file,
+                              max_ready_files=self.turbo_queue_max_ready_files,
+                              max_batch_age=self.max_batch_age, durability=self.durability)
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        logger.info("turbo_queue.kafka: source %s -> %s/%s started", self.topics,
+                    self.turbo_queue_root_path, self.turbo_queue_queue_name)
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Consume until `stop()` (or SIGTERM/SIGINT), then publish, commit and close."""
+        if self._consumer is None:
+            self.open()
+        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
+            try:
+                while not self._stop.is_set():
+                    self.poll_once()
+            finally:
+                self.close()
+
+    start = run  # the 0.8 name
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """One round: consume what is there (up to the end of the open batch) and queue it."""
+        queue = self._queue
+        assert queue is not None and self._consumer is not None, "call open() first"
+        room = max(1, queue.max_events_per_file - queue.pending())
+        msgs = self._consumer.consume(num_messages=min(room, 100000), timeout=timeout)
+        added = self._add(msgs) if msgs else 0
+        if self._uncommitted and queue.pending() == 0:
+            # Everything consumed so far is in published batches (ours or the age timer's).
+            self._commit(asynchronous=True)
+        self._backpressure()
+        return added
+
+    def close(self) -> None:
+        """Publish the open batch, commit, leave the group, release the queue. Idempotent."""
+        consumer, self._consumer = self._consumer, None
+        queue, self._queue = self._queue, None
+        try:
+            if queue is not None:
+                queue.flush()
+                if consumer is not None and self._uncommitted:
+                    self._commit(asynchronous=False, consumer=consumer)
+        finally:
+            if consumer is not None:
+                consumer.close()
+            if queue is not None:
+                queue.close()
+        logger.info("turbo_queue.kafka: source stopped after %d events", self.events)
+
+    # -- the work
+
+    def _add(self, msgs: Sequence[Any]) -> int:
+        good = [m for m in msgs if m.error() is None]
+        if len(good) != len(msgs):
+            for m in msgs:
+                if m.error() is not None:
+                    self._on_error(m.error())
+        if not good:
+            return 0
+        if self.value_format == "record":
+            events: list[Any] = [
+                _pack((m.value(), m.key(), m.headers(), _timestamp(m), m.topic(), m.partition(),
+                       m.offset())) for m in good]
+        elif self.value_format == "bytes":
+            events = [m.value() or b"" for m in good]
+        else:
+            events = []
+            for m in good:
+                try:
+                    events.append(orjson.loads(m.value()))
+                except orjson.JSONDecodeError as e:
+                    queue = self._queue
+                    assert queue is not None
+                    queue.add_many(events)
+                    queue.flush()
+                    raise ValueError(
+                        f"turbo_queue.kafka: the message at {m.topic()}[{m.partition()}] offset "
+                        f"{m.offset()} is not JSON ({e}); the messages before it are queued. Use "
+                        f"value_format='bytes' or 'record' to pass values through undecoded.") from e
+        assert self._queue is not None
+        self._queue.add_many(events)
+        self.events += len(events)
+        self._uncommitted = True
+        return len(events)
+
+    def _commit(self, *, asynchronous: bool, consumer: Any = None,
+                partitions: Optional[list[Any]] = None) -> None:
+        consumer = consumer or self._consumer
+        # position() is the offset after the last message consume() returned; all of those are in
+        # published batches whenever this is called.
+        offsets = [tp for tp in consumer.position(partitions or consumer.assignment()) if tp.offset >= 0]
+        self._uncommitted = False
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self.commits += 1
+        except KafkaException as e:
+            # The events are safe in the queue; a missing commit only means they may come again.
+            logger.warning("turbo_queue.kafka: committing %s failed (%s); those events may be "
+                           "delivered again", offsets, e)
+
+    def _backpressure(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        queue.update_enqueue_active_state()
+        if self.paused == (not queue.enqueue_active):
+            if self.paused:  # re-pause partitions assigned meanwhile (a rebalance)
+                self._consumer.pause(self._consumer.assignment())
+            return
+        assignment = self._consumer.assignment()
+        if queue.enqueue_active:
+            self._consumer.resume(assignment)
+            self.paused = False
+            logger.info("turbo_queue.kafka: queue drained, resumed %d partitions", len(assignment))
+        else:
+            self._consumer.pause(assignment)
+            self.paused = True
+            logger.info("turbo_queue.kafka: %d ready batches waiting, paused %d partitions",
+                        queue.get_ready_length(), len(assignment))
+
+    # -- callbacks (run inside consume(), on this thread)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        logger.info("turbo_queue.kafka: assigned %s", _names(partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Publish what was consumed from these partitions, and commit before another member
+        # starts from the committed offsets: nothing is skipped, and little is read twice.
+        if self._queue is not None:
+            self._queue.flush()
+            self._commit(asynchronous=False, consumer=consumer, partitions=partitions)
+            self._uncommitted = True  # partitions that remain still need their commit
+        logger.info("turbo_queue.kafka: revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # The group moved on without us: our commits would be refused. Publish anyway; the new
+        # owner reads from the last commit, so those events arrive twice, never zero times.
+        if self._queue is not None:
+            self._queue.flush()
+        logger.warning("turbo_queue.kafka: lost %s; events since the last commit may be duplicated",
+                       _names(partitions))
+
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        if err is not None:
+            logger.warning("turbo_queue.kafka: offset commit failed: %s (those events may be "
+                           "delivered again)", err)
+
+    def _on_error(self, err: Any) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaException(err)
+        logger.warning("turbo_queue.kafka: consumer error: %s", err)
+
+
+class _InFlight:
+    """A claimed batch whose events were produced and whose delivery reports are awaited."""
+
+    __slots__ = ("queue", "path", "count", "outstanding", "failed", "attempts", "retry_at")
+
+    def __init__(self, queue: Dequeue, count: int) -> None:
+        self.queue = queue
+        self.path = queue.batch_path
+        self.count = count
+        self.outstanding = 0
+        self.failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
+        self.attempts = 0
+        self.retry_at = 0.0
+
+    def report(self, err: Any, msg: Any) -> None:
+        self.outstanding -= 1
+        if err is not None:
+            self.failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err)))
+
+
+class KafkaSink(_Connector):
+    """Produce the events of a local queue to a Kafka topic; delete a batch only once every event
+    of it was acknowledged by the broker.
+
+    Failed deliveries are produced again (only those), up to ``max_attempts`` rounds with backoff;
+    a batch that still fails is given back to the queue under its own name, to be retried whole.
+    Up to ``max_in_flight`` batches are produced at once, so that waiting for one batch's reports
+    overlaps producing the next.
+    """
+
+    def __init__(self, topic: Optional[str] = None, *, kafka_brokers: Optional[str] = None,
+                 kafka_client_id: Optional[str] = None, kafka_producer_topic: Optional[str] = None,
+                 turbo_queue_queue_name: Optional[str] = None,
+                 turbo_queue_root_path: Optional[str] = None, value_format: str = "record",
+                 max_in_flight: int = 4, max_attempts: int = 5, retry_backoff: float = 0.5,
+                 config: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(kafka_brokers=kafka_brokers, kafka_client_id=kafka_client_id,
+                         turbo_queue_queue_name=turbo_queue_queue_name,
+                         turbo_queue_root_path=turbo_queue_root_path, value_format=value_format,
+                         config=config)
+        self.kafka_producer_topic = topic or kafka_producer_topic
+        self.max_in_flight = max_in_flight
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.events = 0         # events acknowledged by the broker
+        self.batches = 0        # batches deleted after every event was acknowledged
+        self.given_back = 0     # batches returned to the queue after failing deliveries
+        self._producer: Any = None
+        self._free: list[Dequeue] = []
+        self._inflight: list[_InFlight] = []
+        self._produce_one: Optional[Callable[[Any, Callable[..., None]], None]] = None
+
+    def open(self) -> None:
+        if not self.kafka_producer_topic:
+            raise ValueError("turbo_queue.kafka: KafkaSink needs a topic")
+        conf = self._client_config({
+            # Every event acknowledged by all in-sync replicas, with no duplicates from retries.
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        })
+        self._producer = Producer(conf)
+        self._produce_one = self._producer_for(self.value_format)
+        serializer: Any = {"record": RECORDS, "bytes": "raw", "json": "json"}[self.value_format]
+        settings = self._queue_settings()
+        self._free = [Dequeue(**settings, serializer=serializer) for _ in range(self.max_in_flight)]
+        logger.info("turbo_queue.kafka: sink %s/%s -> %s started", self.turbo_queue_root_path,
+                    self.turbo_queue_queue_name, self.kafka_producer_topic)
+
+    def _producer_for(self, value_format: str) -> Callable[[Any, Callable[..., None]], None]:
+        produce = self._producer.produce
+        topic = self.kafka_producer_topic
+
+        if value_format == "record":
+            def one(rec: Any, cb: Callable[..., None]) -> None:
+                produce(topic, rec.value, rec.key, headers=list(rec.headers) if rec.headers else None,
+                        timestamp=rec.timestamp or 0, on_delivery=cb)
+        elif value_format == "bytes":
+            def one(rec: Any, cb: Callable[..., None]) -> None:
+                produce(topic, rec, on_delivery=cb)
+        else:
+            def one(rec: Any, cb: Callable[..., None]) -> None:
+                produce(topic, orjson.dumps(rec), on_delivery=cb)
+        return one
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Produce until `stop()` (or SIGTERM/SIGINT); then wait for outstanding reports and close."""
+        if self._producer is None:
+            self.open()
+        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
+            try:
+                while not self._stop.is_set():
+                    self.poll_once()
+            finally:
+                self.close()
+
+    start = run
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """One round: claim and produce a batch if a slot is free, then settle finished batches."""
+        produced = 0
+        if self._free:
+            queue = self._free.pop()
+            events = queue.get_batch(timeout=0 if self._inflight else timeout)
+            if events:
+                produced = self._produce_batch(queue, events)
+            else:
+                self._free.append(queue)
+        self._producer.poll(0 if produced or not self._inflight else min(timeout, 0.01))
+        self._settle()
+        return produced
+
+    def _produce_batch(self, queue: Dequeue, events: list[Any]) -> int:
+        batch = _InFlight(queue, len(events))
+        one = self._produce_one
+        assert one is not None
+        self._produce_all(batch, events, one, self._as_failed)
+        self._inflight.append(batch)
+        return len(events)
+
+    def _produce_all(self, batch: _InFlight, events: Iterable[Any],
+                     one: Callable[[Any, Callable[..., None]], None],
+                     as_failed: Callable[[Any, str], tuple[Any, ...]]) -> None:
+        report = batch.report
+        for event in events:
+            batch.outstanding += 1
+            try:
+                one(event, report)
+            except BufferError:
+                batch.outstanding -= 1
+                self._produce_when_room(batch, event, one, as_failed)
+            except KafkaException as e:
+                # Refused before sending (too large for the client, say): treated as a failed
+                # delivery, so the batch is retried and never deleted with this event missing.
+                batch.outstanding -= 1
+                batch.failed.append(as_failed(event, str(e)))
+
+    def _produce_when_room(self, batch: _InFlight, event: Any,
+                           one: Callable[[Any, Callable[..., None]], None],
+                           as_failed: Callable[[Any, str], tuple[Any, ...]]) -> None:
+        while True:
+            # The client's local queue is full: serve delivery reports, then try again.
+            self._producer.poll(0.05)
+            batch.outstanding += 1
+            try:
+                one(event, batch.report)
+                return
+            except BufferError:
+                batch.outstanding -= 1
+            except KafkaException as e:
+                batch.outstanding -= 1
+                batch.failed.append(as_failed(event, str(e)))
+                return
+
+    def _as_failed(self, event: Any, reason: str) -> tuple[Any, ...]:
+        if self.value_format == "record":
+            return (event.value, event.key, list(event.headers) if event.headers else None,
+                    event.timestamp, reason)
+        if self.value_format == "json":
+            return (orjson.dumps(event), None, None, None, reason)
+        return (event, None, None, None, reason)
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        still: list[_InFlight] = []
+        for batch in self._inflight:
+            if batch.outstanding > 0:
+                still.append(batch)
+            elif not batch.failed:
+                batch.queue.clean_up()  # every event acknowledged: only now is the batch deleted
+                self.events += batch.count
+                self.batches += 1
+                self._free.append(batch.queue)
+            elif batch.attempts + 1 >= self.max_attempts:
+                self._give_back(batch)
+            elif batch.retry_at == 0.0:
+                batch.retry_at = now + self.retry_backoff * (2 ** batch.attempts)
+                still.append(batch)
+            elif now >= batch.retry_at:
+                self._retry(batch)
+                still.append(batch)
+            else:
+                still.append(batch)
+        self._inflight = still
+
+    def _retry(self, batch: _InFlight) -> None:
+        failed, batch.failed = batch.failed, []
+        batch.attempts += 1
+        batch.retry_at = 0.0
+        logger.warning("turbo_queue.kafka: %d of the events of %s were not delivered (%s); "
+                       "producing them again (attempt %d of %d)", len(failed), batch.path,
+                       failed[0][4], batch.attempts + 1, self.max_attempts)
+        produce = self._producer.produce
+        topic = self.kafka_producer_topic
+
+        def again(f: tuple[Any, ...], cb: Callable[..., None]) -> None:
+            produce(topic, f[0], f[1], headers=f[2], timestamp=f[3] or 0, on_delivery=cb)
+
+        self._produce_all(batch, failed, again, lambda f, reason: (*f[:4], reason))
+
+    def _give_back(self, batch: _InFlight) -> None:
+        logger.error("turbo_queue.kafka: %d events of %s could not be delivered after %d attempts "
+                     "(%s); the batch is given back to the queue and will be produced again whole",
+                     len(batch.failed), batch.path, batch.attempts + 1, batch.failed[0][4])
+        batch.queue.roll_back()
+        self.given_back += 1
+        self._free.append(batch.queue)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Wait up to `timeout` s for outstanding reports; delete what was delivered, give back what
+        was not; close the producer and release the queue. Idempotent."""
+        if self._producer is None:
+            return
+        try:
+            deadline = time.monotonic() + timeout
+            while self._inflight and time.monotonic() < deadline:
+                self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+                self._settle()
+                if all(b.outstanding == 0 and b.failed for b in self._inflight):
+                    break  # only retries left, and we are stopping: give them back
+            for batch in self._inflight:
+                logger.warning("turbo_queue.kafka: stopping with %s not fully delivered; given back",
+                               batch.path)
+                batch.queue.roll_back()
+                self._free.append(batch.queue)
+            self._inflight = []
+        finally:
+            for queue in self._free:
+                queue.close()
+            self._free = []
+            self._producer = None
+        logger.info("turbo_queue.kafka: sink stopped after %d events", self.events)
+
+
+def _names(partitions: Iterable[Any]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+class KafkaEnqueue(KafkaSource):
+    """The 0.8 ``KafkaEnqueue``: JSON values decoded into the queue as the original did; set the
+    0.8 properties, ``kafka_subscribe(topic)``, then ``start()``. Unlike 0.8 it commits offsets only
+    for published events, and starts a new group at the earliest offset (``kafka_auto_offset_reset``)."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("value_format", "json")
+        super().__init__(**settings)
+
+
+class KafkaDequeue(KafkaSink):
+    """The 0.8 ``KafkaDequeue``: JSON events of the queue produced to ``kafka_producer_topic``."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("value_format", "json")
+        super().__init__(**settings)

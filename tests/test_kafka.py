@@ -1,0 +1,466 @@
+"""Kafka connectors against a real Apache Kafka broker (tests/conftest.py: kafka_broker).
+
+Every component runs as its own process (the `turbo-queue kafka-source` / `kafka-sink` commands and
+the example's workers), and crashes are real SIGKILLs.
+"""
+
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+
+import orjson
+import pytest
+
+from conftest import REPO, batch_files, run_script
+
+ck = pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic  # noqa: E402
+
+import turbo_queue  # noqa: E402
+from turbo_queue._core import events_in_name  # noqa: E402
+
+kafka = pytest.importorskip("turbo_queue.kafka")
+
+EXAMPLE = REPO / "examples" / "kafka_pipeline.py"
+# Short session timeouts so that a SIGKILLed member leaves the group in seconds, not 45 s.
+# Message timestamps (kept end to end): recent, as a broker's time-based retention expects.
+BASE_TS = int(time.time()) * 1000 - 3_600_000
+FAST_GROUP = ["--config", "session.timeout.ms=6000", "--config", "heartbeat.interval.ms=1000"]
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("kafka_pipeline", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wait_for(condition, timeout, what):
+    """Poll `condition` until it is true; fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def new_topic(broker, partitions=4, config=None):
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1, config=config or {})]).values():
+        future.result(30)
+    return name
+
+
+def produce_ids(broker, topic, start, count):
+    """Values {"id": i, ...} with a key and a header each, so that both can be checked at the end."""
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(start, start + count):
+        p.produce(topic, orjson.dumps({"id": i, "pad": "x" * 40}), key=b"k%d" % (i % 16),
+                  headers=[("seq", str(i).encode())], timestamp=BASE_TS + i)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+
+
+def high_watermarks(broker, topic):
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "watermarks"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions}
+    finally:
+        c.close()
+
+
+def committed(broker, group):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    (future,) = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]).values()
+    return {tp.partition: tp.offset for tp in future.result(10).topic_partitions}
+
+
+def read_all(broker, topic, want_ids, timeout=120):
+    """Every message of `topic` until each of want_ids was seen (and the topic is read to its end)."""
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    got, seen = [], set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for m in c.consume(10000, 0.5):
+                assert m.error() is None, m.error()
+                got.append(m)
+                seen.add(orjson.loads(m.value())["id"])
+            if want_ids <= seen:
+                ends = high_watermarks(broker, topic)
+                if sum(ends.values()) <= len(got):
+                    return got
+        missing = sorted(want_ids - seen)
+        raise AssertionError(f"{len(missing)} events never reached {topic}, e.g. {missing[:10]}")
+    finally:
+        c.close()
+
+
+class Pipeline:
+    """source -> queue "in" -> workers -> queue "out" -> sink, each a real process."""
+
+    def __init__(self, broker, root, in_topic, out_topic, group, logs):
+        self.broker, self.root, self.in_topic, self.out_topic, self.group = broker, str(root), in_topic, out_topic, group
+        self.logs = logs
+        self.procs = {}
+
+    def _start(self, name, argv):
+        with open(self.logs / f"{name}-{len(self.procs)}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def source(self, *extra):
+        return self._start("source", [
+            sys.executable, "-m", "turbo_queue", "kafka-source", "--brokers", self.broker.bootstrap,
+            "--root-path", self.root, "--queue-name", "in", "--topic", self.in_topic,
+            "--group", self.group, *FAST_GROUP, *extra])
+
+    def sink(self, *extra):
+        return self._start("sink", [
+            sys.executable, "-m", "turbo_queue", "kafka-sink", "--brokers", self.broker.bootstrap,
+            "--root-path", self.root, "--queue-name", "out", "--topic", self.out_topic, *extra])
+
+    def workers(self, n):
+        for i in range(n):
+            self._start(f"worker{i}", [sys.executable, str(EXAMPLE), "worker", self.root, "in", "out"])
+
+    def stop(self, name, sig=signal.SIGTERM):
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        return proc.wait(60)
+
+    def stop_all(self):
+        codes = {}
+        for name in ["source", *[n for n in self.procs if n.startswith("worker")], "sink"]:
+            if name in self.procs:
+                codes[name] = self.stop(name)
+        return codes
+
+    def log_text(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.logs.iterdir()))
+
+
+@pytest.fixture
+def pipeline(kafka_broker, tmp_path):
+    root = tmp_path / "queues"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    p = Pipeline(kafka_broker, root, new_topic(kafka_broker, 4), new_topic(kafka_broker, 4),
+                 f"g-{uuid.uuid4().hex[:8]}", logs)
+    yield p
+    for proc in p.procs.values():
+        proc.kill()
+        proc.wait()
+
+
+def check_output(msgs, n, report):
+    """Every id 0..n-1 is in the output with the right content, key, header and timestamp."""
+    transform = _example().transform
+    ids = Counter()
+    for m in msgs:
+        doc = orjson.loads(m.value())
+        i = doc["id"]
+        ids[i] += 1
+        if ids[i] == 1:
+            source = kafka.Record(orjson.dumps({"id": i, "pad": "x" * 40}))
+            assert m.value() == transform(source).value
+            assert m.key() == b"k%d" % (i % 16)
+            assert m.headers() == [("seq", str(i).encode())]
+            assert m.timestamp()[1] == BASE_TS + i
+    assert set(ids) == set(range(n)), f"missing: {sorted(set(range(n)) - set(ids))[:10]}"
+    duplicates = sum(c - 1 for c in ids.values())
+    report(f"{n} events in, {len(msgs)} out: {duplicates} duplicates")
+    return duplicates
+
+
+@pytest.fixture
+def report(request):
+    """Say a measured figure (duplicates) in the test report, not only on failure."""
+    def say(text):
+        request.node.user_properties.append(("kafka", text))
+        logging.getLogger("turbo_queue.tests").warning("%s: %s", request.node.name, text)
+        sys.__stderr__.write(f"\n[{request.node.name}] {text}\n")
+    return say
+
+
+# -- without a broker
+
+
+def test_turbo_queue_imports_without_confluent_kafka_and_kafka_says_what_to_install():
+    proc = run_script("""
+        import sys
+        sys.modules["confluent_kafka"] = None  # as if not installed
+        import turbo_queue
+        assert turbo_queue.Enqueue
+        try:
+            import turbo_queue.kafka
+        except ImportError as e:
+            print(e)
+        else:
+            raise SystemExit("turbo_queue.kafka imported without confluent_kafka")
+    """)
+    assert "pip install 'turbo-queue[kafka]'" in proc.stdout
+
+
+def test_record_serializer_keeps_bytes_keys_headers_and_none():
+    records = [
+        kafka.Record(b"\x00\xff value", b"key", (("a", b"1"), ("b", None)), 1234, "t", 3, 99),
+        kafka.Record(None),  # a tombstone
+        kafka.Record(b""),
+    ]
+    for r in records:
+        assert kafka.RECORDS.loads(kafka.RECORDS.dumps(r)) == r
+    assert kafka.RECORDS.loads(kafka.RECORDS.dumps(b"raw")) == kafka.Record(b"raw")
+    with pytest.raises(TypeError, match="dict"):
+        kafka.RECORDS.dumps({"not": "a record"})
+
+
+def test_bad_settings_are_refused_before_connecting(tmp_path):
+    with pytest.raises(ValueError, match="value_format"):
+        kafka.KafkaSource(["t"], value_format="xml")
+    with pytest.raises(ValueError, match="kafka_group_id"):
+        kafka.KafkaSource(["t"], kafka_brokers="127.0.0.1:1", turbo_queue_root_path=str(tmp_path),
+                          turbo_queue_queue_name="q").open()
+    with pytest.raises(ValueError, match="topic"):
+        kafka.KafkaSink(kafka_brokers="127.0.0.1:1", turbo_queue_root_path=str(tmp_path),
+                        turbo_queue_queue_name="q").open()
+
+
+# -- against the broker
+
+
+def test_end_to_end_100k_events_through_source_workers_and_sink(pipeline, kafka_broker, report):
+    n = 100_000
+    produce_ids(kafka_broker, pipeline.in_topic, 0, n)
+    pipeline.source("--max-events-per-file", "5000")
+    pipeline.workers(4)
+    pipeline.sink()
+    msgs = read_all(kafka_broker, pipeline.out_topic, set(range(n)))
+    assert check_output(msgs, n, report) == 0  # no crash, no duplicate
+    codes = pipeline.stop_all()
+    assert codes == {"source": 0, "worker0": 0, "worker1": 0, "worker2": 0, "worker3": 0, "sink": 0}, \
+        pipeline.log_text()
+    # A clean stop committed every offset, and left no batch behind.
+    assert committed(kafka_broker, pipeline.group) == high_watermarks(kafka_broker, pipeline.in_topic)
+    for q in ("in", "out"):
+        assert batch_files(os.path.join(pipeline.root, q)) == []
+
+
+def _queued(root, queue):
+    folder = os.path.join(root, queue)
+    return sum(events_in_name(n) or 0 for n in batch_files(folder, "ready_")) if os.path.isdir(folder) else 0
+
+
+def test_source_killed_mid_stream_loses_nothing(pipeline, kafka_broker, report):
+    n = 100_000
+    produce_ids(kafka_broker, pipeline.in_topic, 0, n)
+    # Small batches and a short ready list: the source runs at the workers' pace, so that the
+    # kill lands while it is consuming.
+    args = ("--max-events-per-file", "1000", "--max-ready-files", "2")
+    pipeline.source(*args)
+    pipeline.workers(2)
+    pipeline.sink()
+    wait_for(lambda: 10_000 <= sum(committed(kafka_broker, pipeline.group).values()), 60,
+             "the source to commit 10,000 offsets")
+    done = sum(committed(kafka_broker, pipeline.group).values())
+    assert pipeline.stop("source", signal.SIGKILL) == -signal.SIGKILL
+    assert done < n, "the source finished before the kill: the test did not test a crash"
+    pipeline.source(*args)
+    msgs = read_all(kafka_broker, pipeline.out_topic, set(range(n)))
+    check_output(msgs, n, report)
+    assert pipeline.stop_all()["source"] == 0
+
+
+def test_sink_killed_mid_stream_loses_nothing(pipeline, kafka_broker, report):
+    n = 100_000
+    produce_ids(kafka_broker, pipeline.in_topic, 0, n)
+    pipeline.source("--max-events-per-file", "2000")
+    pipeline.workers(2)
+    pipeline.sink()
+    wait_for(lambda: sum(high_watermarks(kafka_broker, pipeline.out_topic).values()) >= 10_000, 60,
+             "the sink to deliver 10,000 events")
+    assert pipeline.stop("sink", signal.SIGKILL) == -signal.SIGKILL
+    delivered = sum(high_watermarks(kafka_broker, pipeline.out_topic).values())
+    assert delivered < n, "the sink finished before the kill: the test did not test a crash"
+    pipeline.sink()
+    msgs = read_all(kafka_broker, pipeline.out_topic, set(range(n)))
+    check_output(msgs, n, report)
+    assert pipeline.stop_all()["sink"] == 0
+
+
+def _records(root):
+    folder_events = turbo_queue.Dequeue(root_path=str(root), queue_name="in", serializer=kafka.RECORDS,
+                                        wait_timeout=0)
+    got = []
+    while True:
+        batch = folder_events.get_batch()
+        if not batch:
+            break
+        got += batch
+    folder_events.close()
+    return got
+
+
+def test_two_sources_in_one_group_split_partitions_and_survive_a_rebalance(kafka_broker, tmp_path, report):
+    topic, group = new_topic(kafka_broker, 4), f"g-{uuid.uuid4().hex[:8]}"
+    for i in (0, 1):
+        (tmp_path / f"logs{i}").mkdir()
+    hosts = [Pipeline(kafka_broker, tmp_path / f"host{i}", topic, "-", group, tmp_path / f"logs{i}")
+             for i in (0, 1)]
+    try:
+        for h in hosts:
+            h.source("--max-events-per-file", "1000", "--max-batch-age", "0.2", "--max-ready-files", "1000")
+        # Both members hold partitions before anything is produced.
+        def both_assigned():
+            logs = [p.read_text() for p in tmp_path.glob("logs*/source-*.log")]
+            lasts = [[line for line in text.splitlines() if "assigned" in line] for text in logs]
+            return len(lasts) == 2 and all(l and not l[-1].endswith("nothing") for l in lasts)
+        wait_for(both_assigned, 60, "both sources to be assigned partitions")
+        produce_ids(kafka_broker, topic, 0, 50_000)
+        wait_for(lambda: sum(_queued(h.root, "in") for h in hosts) >= 50_000, 60,
+                 "the two sources to queue the first 50,000 events")
+        assert hosts[1].stop("source") == 0  # a clean stop: publish, commit, leave the group
+        produce_ids(kafka_broker, topic, 50_000, 50_000)
+        wait_for(lambda: _queued(hosts[0].root, "in") + _queued(hosts[1].root, "in") >= 100_000, 60,
+                 "host 0 to take over every partition")
+        assert hosts[0].stop("source") == 0
+    finally:
+        for h in hosts:
+            for proc in h.procs.values():
+                proc.kill()
+    got = [_records(h.root) for h in hosts]
+    parts = [{r.partition for r in g if orjson.loads(r.value)["id"] < 50_000} for g in got]
+    assert parts[0] and parts[1] and not parts[0] & parts[1], f"partitions were not split: {parts}"
+    assert {r.partition for r in got[0] if orjson.loads(r.value)["id"] >= 50_000} == {0, 1, 2, 3}
+    ids = Counter(orjson.loads(r.value)["id"] for g in got for r in g)
+    assert set(ids) == set(range(100_000))
+    report(f"host0 {len(got[0])}, host1 {len(got[1])} events; "
+           f"{sum(c - 1 for c in ids.values())} duplicates")
+
+
+def test_backpressure_pauses_partitions_without_leaving_the_group(kafka_broker, tmp_path):
+    topic, group = new_topic(kafka_broker, 2), f"g-{uuid.uuid4().hex[:8]}"
+    n = 20_000
+    produce_ids(kafka_broker, topic, 0, n)
+    host = Pipeline(kafka_broker, tmp_path, topic, "-", group, tmp_path)
+    host.source("--max-events-per-file", "1000", "--max-ready-files", "3",
+                "--config", "max.poll.interval.ms=6000")
+    try:
+        wait_for(lambda: _queued(host.root, "in") >= 3000, 60, "three ready batches")
+        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+
+        def group_state():
+            (f,) = admin.describe_consumer_groups([group]).values()
+            g = f.result(10)
+            return str(g.state), len(g.members)
+
+        before = group_state()
+        # Longer than max.poll.interval.ms and session.timeout.ms: a source that stopped polling
+        # would have been thrown out of the group by now. Polled, not slept through blindly.
+        deadline = time.monotonic() + 8
+        peak = 0
+        while time.monotonic() < deadline:
+            peak = max(peak, len(batch_files(os.path.join(host.root, "in"), "ready_")))
+            time.sleep(0.1)
+        assert peak <= 4, f"{peak} ready batches: the source did not pause at 3"
+        assert group_state() == before == ("ConsumerGroupState.STABLE", 1)
+        assert _queued(host.root, "in") < n
+        # Drain: the source resumes and queues the rest.
+        got = []
+        consumer = turbo_queue.Dequeue(root_path=host.root, queue_name="in", serializer=kafka.RECORDS,
+                                       wait_timeout=0.5)
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            got += consumer.get_batch()
+        consumer.close()
+        assert sorted(orjson.loads(r.value)["id"] for r in got) == list(range(n))
+        assert "paused" in (tmp_path / "source-0.log").read_text()
+        assert "resumed" in (tmp_path / "source-0.log").read_text()
+        assert "revoked" not in (tmp_path / "source-0.log").read_text()
+    finally:
+        assert host.stop("source") == 0
+
+
+def test_sink_keeps_a_batch_whose_delivery_failed_until_it_goes_through(kafka_broker, tmp_path, caplog, report):
+    # The topic refuses record batches over 2,000 bytes: one large event makes deliveries fail.
+    topic = new_topic(kafka_broker, 1, config={"max.message.bytes": "2000"})
+    root = str(tmp_path)
+    with turbo_queue.Enqueue(root_path=root, queue_name="out", serializer=kafka.RECORDS) as q:
+        q.add_many(kafka.Record(orjson.dumps({"id": i, "pad": "y" * (5000 if i == 7 else 10)}))
+                   for i in range(100))
+    sink = kafka.KafkaSink(topic, kafka_brokers=kafka_broker.bootstrap, turbo_queue_root_path=root,
+                           turbo_queue_queue_name="out", max_attempts=3, retry_backoff=0.1)
+    thread = threading.Thread(target=sink.run, kwargs={"handle_signals": False})
+    caplog.set_level(logging.WARNING, "turbo_queue")
+    thread.start()
+    try:
+        wait_for(lambda: sink.given_back >= 1, 60, "the sink to give the failing batch back")
+        # Not deleted: the batch is still in the queue folder.
+        assert batch_files(os.path.join(root, "out")), "the batch was deleted although an event failed"
+        assert "MSG_SIZE_TOO_LARGE" in caplog.text or "too large" in caplog.text.lower()
+        # The fault is fixed: the next attempt delivers everything, and the batch goes.
+        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+        entry = ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource("topic", topic, incremental_configs=[entry])
+        for f in admin.incremental_alter_configs([resource]).values():
+            f.result(10)
+        wait_for(lambda: sink.batches >= 1, 60, "the batch to be delivered")
+    finally:
+        sink.stop()
+        thread.join(60)
+    msgs = read_all(kafka_broker, topic, set(range(100)))
+    ids = Counter(orjson.loads(m.value())["id"] for m in msgs)
+    assert set(ids) == set(range(100))
+    assert batch_files(os.path.join(root, "out")) == []
+    report(f"{len(msgs)} delivered for 100 events after {sink.given_back} give-backs")
+
+
+def test_08_style_json_connectors(kafka_broker, tmp_path):
+    """KafkaEnqueue/KafkaDequeue as 0.8 used them: properties, kafka_subscribe, JSON in the queue."""
+    in_topic, out_topic = new_topic(kafka_broker, 2), new_topic(kafka_broker, 1)
+    produce_ids(kafka_broker, in_topic, 0, 1000)
+    src = kafka.KafkaEnqueue()
+    src.kafka_brokers = kafka_broker.bootstrap
+    src.kafka_group_id = f"g-{uuid.uuid4().hex[:8]}"
+    src.kafka_client_id = "test"
+    src.turbo_queue_queue_name = "docs"
+    src.turbo_queue_root_path = str(tmp_path)
+    src.turbo_queue_max_events_per_file = 100
+    src.kafka_subscribe(in_topic)
+    thread = threading.Thread(target=src.start, kwargs={"handle_signals": False})
+    thread.start()
+    wait_for(lambda: src.events >= 1000, 60, "1,000 events queued")
+    src.stop()
+    thread.join(60)
+    # The queue holds plain JSON documents, as the pure-Python package wrote them.
+    docs = turbo_queue.Dequeue(root_path=str(tmp_path), queue_name="docs", wait_timeout=0)
+    first = docs.get_many(1)
+    assert isinstance(first[0], dict) and "id" in first[0]
+    docs.roll_back()
+    docs.close()
+    sink = kafka.KafkaDequeue(kafka_brokers=kafka_broker.bootstrap, turbo_queue_root_path=str(tmp_path),
+                              turbo_queue_queue_name="docs", kafka_producer_topic=out_topic)
+    thread = threading.Thread(target=sink.start, kwargs={"handle_signals": False})
+    thread.start()
+    wait_for(lambda: sink.events >= 1000, 60, "1,000 events delivered")
+    sink.stop()
+    thread.join(60)
+    msgs = read_all(kafka_broker, out_topic, set(range(1000)))
+    assert sorted(orjson.loads(m.value())["id"] for m in msgs) == list(range(1000))
