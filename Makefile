@@ -26,7 +26,7 @@ test: install $(LEGACY)/turbo_queue/_turbo_queue.py
 
 typecheck: install
 	$(PY) -m mypy --strict src/turbo_queue examples
-	cd /tmp && $(abspath $(PY)) -m mypy.stubtest turbo_queue._core --allowlist $(abspath stubtest-allowlist.txt)
+	cd /tmp && $(abspath $(PY)) -m mypy.stubtest turbo_queue._core turbo_queue._kafka_codec --allowlist $(abspath stubtest-allowlist.txt)
 
 chaos: install
 	$(PY) -m pytest -q -m chaos tests/test_chaos.py -s

@@ -24,9 +24,16 @@ extension = Extension(
     define_macros=[("CYTHON_TRACE_NOGIL", "1")] if debug else [],
 )
 
+# The Kafka connectors' record packer: plain C, no SQLite.
+kafka_codec = Extension(
+    "turbo_queue._kafka_codec",
+    sources=["src/turbo_queue/_kafka_codec.pyx"],
+    extra_compile_args=["-O0", "-g"] if debug else ["-O2"],
+)
+
 setup(
     ext_modules=cythonize(
-        [extension],
+        [extension, kafka_codec],
         compiler_directives={"linetrace": debug},
         annotate=debug,
     ),

@@ -85,8 +85,15 @@ def high_watermarks(broker, topic):
 
 def committed(broker, group):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    (future,) = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]).values()
-    return {tp.partition: tp.offset for tp in future.result(10).topic_partitions}
+    for _ in range(100):
+        (future,) = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]).values()
+        try:
+            return {tp.partition: tp.offset for tp in future.result(10).topic_partitions}
+        except ck.KafkaException as e:
+            if not e.args[0].retriable():  # e.g. the group coordinator is still loading
+                raise
+            time.sleep(0.1)
+    raise AssertionError(f"the offsets of group {group} could not be read")
 
 
 def read_all(broker, topic, want_ids, timeout=120):
@@ -230,6 +237,49 @@ def test_record_serializer_keeps_bytes_keys_headers_and_none():
     assert kafka.RECORDS.loads(kafka.RECORDS.dumps(b"raw")) == kafka.Record(b"raw")
     with pytest.raises(TypeError, match="dict"):
         kafka.RECORDS.dumps({"not": "a record"})
+
+
+class FakeMessage:
+    """The accessors of confluent_kafka.Message, for the packer (which only calls them)."""
+
+    def __init__(self, value, key=None, headers=None, timestamp=(0, -1), topic="t", partition=0,
+                 offset=0, error=None):
+        self._f = dict(value=value, key=key, headers=headers, timestamp=timestamp, topic=topic,
+                       partition=partition, offset=offset, error=error)
+
+    def value(self): return self._f["value"]
+    def key(self): return self._f["key"]
+    def headers(self): return self._f["headers"]
+    def timestamp(self): return self._f["timestamp"]
+    def topic(self): return self._f["topic"]
+    def partition(self): return self._f["partition"]
+    def offset(self): return self._f["offset"]
+    def error(self): return self._f["error"]
+
+
+def test_compiled_packer_writes_what_msgpack_reads():
+    from turbo_queue._kafka_codec import pack_messages
+
+    big = bytes(range(256)) * 300  # 76,800 bytes: the 32-bit length form
+    msgs = [
+        FakeMessage(b"v", b"k", [("h1", b"x"), ("h2", None)], (1, 1_700_000_000_123), "topic", 3, 2**40),
+        FakeMessage(None, None, None, (0, -1), "t" * 40, 0, 0),  # tombstone, no timestamp, str8 topic
+        FakeMessage(b"x" * 300, b"y" * 70_000, [("k" * 33, b"z" * 5)] * 17, (2, 5), "\u00e9t\u00e9", 2**31 - 1, 7),
+        FakeMessage(big, b"", [], (1, 0), "t", 1, 1),
+        FakeMessage(b"bad", error="a consumer error"),
+    ]
+    errors = []
+    packed = pack_messages(msgs, errors)
+    assert [e.error() for e in errors] == ["a consumer error"]
+    expected = [
+        kafka.Record(b"v", b"k", (("h1", b"x"), ("h2", None)), 1_700_000_000_123, "topic", 3, 2**40),
+        kafka.Record(None, None, None, None, "t" * 40, 0, 0),
+        kafka.Record(b"x" * 300, b"y" * 70_000, (("k" * 33, b"z" * 5),) * 17, 5, "\u00e9t\u00e9", 2**31 - 1, 7),
+        kafka.Record(big, b"", (), 0, "t", 1, 1),
+    ]
+    assert [kafka.RECORDS.loads(b) for b in packed] == expected
+    with pytest.raises(TypeError):
+        pack_messages([FakeMessage("not bytes")], [])
 
 
 def test_bad_settings_are_refused_before_connecting(tmp_path):
@@ -464,3 +514,39 @@ def test_08_style_json_connectors(kafka_broker, tmp_path):
     thread.join(60)
     msgs = read_all(kafka_broker, out_topic, set(range(1000)))
     assert sorted(orjson.loads(m.value())["id"] for m in msgs) == list(range(1000))
+
+
+def test_a_slow_trickle_is_published_and_committed_within_max_batch_age(kafka_broker, tmp_path):
+    """At a low rate the open batch never fills: it is published by age, and its offsets committed,
+    while messages keep arriving."""
+    topic, group = new_topic(kafka_broker, 1), f"g-{uuid.uuid4().hex[:8]}"
+    src = kafka.KafkaSource([topic], kafka_brokers=kafka_broker.bootstrap, kafka_group_id=group,
+                            turbo_queue_root_path=str(tmp_path), turbo_queue_queue_name="q",
+                            max_batch_age=0.2)
+    thread = threading.Thread(target=src.run, kwargs={"handle_signals": False})
+    thread.start()
+    stop = threading.Event()
+
+    def trickle():
+        p = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 0})
+        i = 0
+        while not stop.is_set():
+            p.produce(topic, orjson.dumps({"id": i}))
+            p.flush(5)
+            i += 1
+            stop.wait(0.02)
+
+    producer = threading.Thread(target=trickle)
+    producer.start()
+    try:
+        wait_for(lambda: committed(kafka_broker, group).get(0, -1) >= 40, 30,
+                 "offsets to be committed while the trickle goes on")
+        assert producer.is_alive() and not stop.is_set()
+        assert _queued(str(tmp_path), "q") >= 40  # committed only what is in published batches
+    finally:
+        stop.set()
+        producer.join(10)
+        src.stop()
+        thread.join(30)
+    # Stopped cleanly: the open batch was published and exactly what was queued is committed.
+    assert committed(kafka_broker, group)[0] == src.events == _queued(str(tmp_path), "q")

@@ -37,6 +37,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
 import orjson
 
 from turbo_queue._core import Dequeue, Enqueue
+from turbo_queue._kafka_codec import pack_messages
 
 __all__ = ["RECORDS", "KafkaDequeue", "KafkaEnqueue", "KafkaSink", "KafkaSource", "Record",
            "RecordSerializer"]
@@ -77,7 +78,6 @@ class RecordSerializer:
 
 
 RECORDS = RecordSerializer()
-_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _timestamp(msg: Any) -> Optional[int]:
@@ -186,6 +186,7 @@ class KafkaSource(_Connector):
         self._consumer: Any = None
         self._queue: Optional[Enqueue] = None
         self._uncommitted = False
+        self._batch_started = 0.0
 
     def kafka_subscribe(self, topic: str) -> None:
         """Add a topic (the 0.8 spelling)."""
@@ -212,7 +213,7 @@ class KafkaSource(_Connector):
         self._queue = Enqueue(**self._queue_settings(), serializer=serializer,
                               max_events_per_file=self.turbo_queue_max_events_per_file,
                               max_ready_files=self.turbo_queue_max_ready_files,
-                              max_batch_age=self.max_batch_age, durability=self.durability)
+                              max_batch_age=float("inf"), durability=self.durability)
         self._consumer = Consumer(conf)
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
@@ -236,11 +237,23 @@ class KafkaSource(_Connector):
         """One round: consume what is there (up to the end of the open batch) and queue it."""
         queue = self._queue
         assert queue is not None and self._consumer is not None, "call open() first"
-        room = max(1, queue.max_events_per_file - queue.pending())
+        pending = queue.pending()
+        if pending:
+            # The batch age is kept here, not by the queue's timer thread, so that every publish
+            # is followed by the commit of exactly what it published.
+            left = self._batch_started + self.max_batch_age - time.monotonic()
+            if left <= 0:
+                queue.flush()
+                pending = 0
+            else:
+                timeout = min(timeout, left)
+        room = queue.max_events_per_file - pending
         msgs = self._consumer.consume(num_messages=min(room, 100000), timeout=timeout)
         added = self._add(msgs) if msgs else 0
+        if added and not pending:
+            self._batch_started = time.monotonic()
         if self._uncommitted and queue.pending() == 0:
-            # Everything consumed so far is in published batches (ours or the age timer's).
+            # Everything consume() returned is in published batches now.
             self._commit(asynchronous=True)
         self._backpressure()
         return added
@@ -263,39 +276,40 @@ class KafkaSource(_Connector):
 
     # -- the work
 
-    def _add(self, msgs: Sequence[Any]) -> int:
-        good = [m for m in msgs if m.error() is None]
-        if len(good) != len(msgs):
-            for m in msgs:
-                if m.error() is not None:
-                    self._on_error(m.error())
-        if not good:
-            return 0
+    def _add(self, msgs: list[Any]) -> int:
+        queue = self._queue
+        assert queue is not None
+        errors: list[Any] = []
         if self.value_format == "record":
-            events: list[Any] = [
-                _pack((m.value(), m.key(), m.headers(), _timestamp(m), m.topic(), m.partition(),
-                       m.offset())) for m in good]
-        elif self.value_format == "bytes":
-            events = [m.value() or b"" for m in good]
+            events = pack_messages(msgs, errors)  # compiled: the per-message cost of the source
         else:
-            events = []
-            for m in good:
-                try:
-                    events.append(orjson.loads(m.value()))
-                except orjson.JSONDecodeError as e:
-                    queue = self._queue
-                    assert queue is not None
-                    queue.add_many(events)
-                    queue.flush()
-                    raise ValueError(
-                        f"turbo_queue.kafka: the message at {m.topic()}[{m.partition()}] offset "
-                        f"{m.offset()} is not JSON ({e}); the messages before it are queued. Use "
-                        f"value_format='bytes' or 'record' to pass values through undecoded.") from e
-        assert self._queue is not None
-        self._queue.add_many(events)
-        self.events += len(events)
-        self._uncommitted = True
+            good = [m for m in msgs if m.error() is None]
+            if len(good) != len(msgs):
+                errors = [m for m in msgs if m.error() is not None]
+            events = ([m.value() or b"" for m in good] if self.value_format == "bytes"
+                      else self._decode_json(good))
+        for m in errors:
+            self._on_error(m.error())
+        if events:
+            queue.add_many(events)
+            self.events += len(events)
+            self._uncommitted = True
         return len(events)
+
+    def _decode_json(self, msgs: list[Any]) -> list[Any]:
+        docs = []
+        for m in msgs:
+            try:
+                docs.append(orjson.loads(m.value()))
+            except orjson.JSONDecodeError as e:
+                assert self._queue is not None
+                self._queue.add_many(docs)
+                self._queue.flush()
+                raise ValueError(
+                    f"turbo_queue.kafka: the message at {m.topic()}[{m.partition()}] offset "
+                    f"{m.offset()} is not JSON ({e}); the messages before it are queued. Use "
+                    f"value_format='bytes' or 'record' to pass values through undecoded.") from e
+        return docs
 
     def _commit(self, *, asynchronous: bool, consumer: Any = None,
                 partitions: Optional[list[Any]] = None) -> None:

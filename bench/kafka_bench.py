@@ -1,0 +1,181 @@
+"""Kafka connectors against plain confluent-kafka loops, side by side in one run, on a real broker.
+
+    python bench/kafka_bench.py [--events 500000] [--repeat 3] [--size 100] [--json out.json]
+
+Starts a single-node broker (scripts/kafka_broker.py; needs Java and, once, Maven), then:
+
+- consume: a topic of N messages (4 partitions) read by a plain `Consumer.consume()` loop, and by
+  `KafkaSource` into a queue (value_format "record" and "bytes"), each with a fresh group. Timed
+  from the first message to the last one handed over (for the source: published in a batch).
+- produce: N messages written by a plain `Producer.produce()` loop + `flush()`, and by `KafkaSink`
+  from a prepared queue (record and bytes), with the same producer settings (acks=all,
+  idempotence, linger.ms=5). Timed until every message was acknowledged (for the sink: until every
+  batch was deleted after its delivery reports).
+
+Each system runs --repeat times, alternating; the best and the median are reported, with the ratio
+of each connector to the plain client (the target is >= 80%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from kafka_broker import KafkaBroker  # noqa: E402
+
+import turbo_queue  # noqa: E402
+from turbo_queue.kafka import RECORDS, KafkaSink, KafkaSource, Record  # noqa: E402
+
+PRODUCER = {"acks": "all", "enable.idempotence": True, "linger.ms": 5}
+
+
+def topic(broker: KafkaBroker, partitions: int = 4) -> str:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        f.result(30)
+    return name
+
+
+def payloads(n: int, size: int) -> list[tuple[bytes, bytes]]:
+    return [((b"%012d" % i) + b"v" * (size - 12), b"k%d" % (i % 64)) for i in range(n)]
+
+
+def plain_consume(broker: KafkaBroker, t: str, n: int) -> float:
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([t])
+    got, start = 0, None
+    while got < n:
+        msgs = c.consume(10000, 1.0)
+        if msgs and start is None:
+            start = time.perf_counter()
+        for m in msgs:
+            if m.error() is None:
+                m.value()
+                got += 1
+    elapsed = time.perf_counter() - (start or 0.0)
+    c.close()
+    return n / elapsed
+
+
+def source_consume(broker: KafkaBroker, t: str, n: int, value_format: str, root: str) -> float:
+    src = KafkaSource([t], kafka_brokers=broker.bootstrap, kafka_group_id=uuid.uuid4().hex,
+                      turbo_queue_root_path=root, turbo_queue_queue_name=uuid.uuid4().hex,
+                      turbo_queue_max_ready_files=10**6, value_format=value_format)
+    src.open()
+    start = None
+    while src.events < n:
+        if src.poll_once(1.0) and start is None:
+            start = time.perf_counter()
+    assert src._queue is not None
+    src._queue.flush()
+    elapsed = time.perf_counter() - (start or 0.0)
+    src.close()
+    return n / elapsed
+
+
+def plain_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]]) -> float:
+    p = Producer({"bootstrap.servers": broker.bootstrap, **PRODUCER})
+    p.list_topics(t, timeout=10)  # connected before the clock starts, as the sink is
+    start = time.perf_counter()
+    for value, key in data:
+        while True:
+            try:
+                p.produce(t, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+    return len(data) / (time.perf_counter() - start)
+
+
+def sink_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]], value_format: str,
+                 root: str) -> float:
+    qname = uuid.uuid4().hex
+    serializer = RECORDS if value_format == "record" else "raw"
+    with turbo_queue.Enqueue(root_path=root, queue_name=qname, serializer=serializer,
+                             max_events_per_file=10000) as q:
+        if value_format == "record":
+            q.add_many(Record(v, k) for v, k in data)
+        else:
+            q.add_many(v for v, _ in data)
+    sink = KafkaSink(t, kafka_brokers=broker.bootstrap, turbo_queue_root_path=root,
+                     turbo_queue_queue_name=qname, value_format=value_format, config=PRODUCER)
+    sink.open()
+    sink._producer.list_topics(t, timeout=10)
+    start = time.perf_counter()
+    while sink.events < len(data):
+        sink.poll_once()
+    elapsed = time.perf_counter() - start
+    sink.close()
+    return len(data) / elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=500_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", type=int, default=100, help="value bytes")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default="", help="run only the systems whose name contains this")
+    args = ap.parse_args()
+    n = args.events
+    data = payloads(n, args.size)
+    results: dict[str, list[float]] = {}
+    root = tempfile.mkdtemp(prefix="tq-kafka-bench-")
+    with KafkaBroker(heap="1g") as broker:
+        t_in = topic(broker)
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        for value, key in data:
+            while True:
+                try:
+                    p.produce(t_in, value, key)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        assert p.flush(60) == 0
+        runs = {
+            "consume: plain Consumer loop": lambda: plain_consume(broker, t_in, n),
+            "consume: KafkaSource record": lambda: source_consume(broker, t_in, n, "record", root),
+            "consume: KafkaSource bytes": lambda: source_consume(broker, t_in, n, "bytes", root),
+            "produce: plain Producer loop": lambda: plain_produce(broker, topic(broker), data),
+            "produce: KafkaSink record": lambda: sink_produce(broker, topic(broker), data, "record", root),
+            "produce: KafkaSink bytes": lambda: sink_produce(broker, topic(broker), data, "bytes", root),
+        }
+        runs = {k: v for k, v in runs.items() if args.only in k or "plain" in k}
+        for r in range(args.repeat):
+            for name, run in (runs.items() if r % 2 == 0 else reversed(runs.items())):
+                rate = run()
+                results.setdefault(name, []).append(rate)
+                print(f"[{r + 1}/{args.repeat}] {name:32s} {rate:12,.0f} msg/s", flush=True)
+    print(f"\n{n:,} messages of {args.size} B, best / median of {args.repeat}, "
+          f"{os.cpu_count()} CPUs (the broker runs on the same host)")
+    summary = {}
+    for name, rates in results.items():
+        side = name.split(":")[0]
+        plain = results[f"{side}: plain {'Consumer' if side == 'consume' else 'Producer'} loop"]
+        best, median = max(rates), statistics.median(rates)
+        summary[name] = {"best": best, "median": median, "ratio_best": best / max(plain),
+                         "ratio_median": median / statistics.median(plain), "runs": rates}
+        print(f"{name:32s} {best:12,.0f} {median:12,.0f}   {best / max(plain):5.0%} "
+              f"{median / statistics.median(plain):5.0%} of plain")
+    if args.json:
+        args.json.write_text(json.dumps({"events": n, "size": args.size, "cpus": os.cpu_count(),
+                                         "results": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
