@@ -53,6 +53,7 @@ PY
 
 echo "== tests against the installed wheel"
 cp -r tests examples "$work/"
+mkdir -p "$work/scripts" && cp -r scripts/kafka_broker.py scripts/kafka "$work/scripts/"
 cat > "$work/pytest.ini" <<'INI'
 [pytest]
 addopts = -ra --strict-markers -m "not chaos" -p no:cacheprovider
@@ -61,5 +62,8 @@ markers =
     slow: longer multi-process tests
     chaos: the long random-kill runs
 INI
-(cd "$work" && TURBO_QUEUE_LEGACY_PATH="$work/side/tq0.5.2" "$work/venv/bin/python" -m pytest -q tests)
+# The Kafka broker's jars: the ones `make test` fetched, if there.
+kafka_libs="$PWD/.side/kafka/libs"
+(cd "$work" && TURBO_QUEUE_KAFKA_LIBS="$kafka_libs" TURBO_QUEUE_LEGACY_PATH="$work/side/tq0.5.2" \
+    "$work/venv/bin/python" -m pytest -q tests)
 echo "== ok: $wheel"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 POM = REPO / "scripts" / "kafka" / "pom.xml"
-DEFAULT_LIBS = REPO / ".side" / "kafka" / "libs"
+DEFAULT_LIBS = Path(os.environ.get("TURBO_QUEUE_KAFKA_LIBS") or REPO / ".side" / "kafka" / "libs")
 
 SERVER_PROPERTIES = """\
 process.roles=broker,controller

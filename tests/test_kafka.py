@@ -18,7 +18,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from conftest import REPO, batch_files, run_script
+from conftest import REPO, batch_files, drain_all, run_script
 
 ck = pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
@@ -550,3 +550,26 @@ def test_a_slow_trickle_is_published_and_committed_within_max_batch_age(kafka_br
         thread.join(30)
     # Stopped cleanly: the open batch was published and exactly what was queued is committed.
     assert committed(kafka_broker, group)[0] == src.events == _queued(str(tmp_path), "q")
+
+
+def test_a_message_that_is_not_json_stops_the_source_without_skipping_anything(kafka_broker, tmp_path):
+    topic, group = new_topic(kafka_broker, 1), f"g-{uuid.uuid4().hex[:8]}"
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    for value in [b'{"id": 0}', b'{"id": 1}', b"not json", b'{"id": 3}', b'{"id": 4}']:
+        p.produce(topic, value)
+    assert p.flush(10) == 0
+    settings = dict(kafka_brokers=kafka_broker.bootstrap, kafka_group_id=group,
+                    turbo_queue_root_path=str(tmp_path), turbo_queue_queue_name="q")
+    src = kafka.KafkaSource([topic], value_format="json", **settings)
+    with pytest.raises(ValueError, match=rf"{topic}\[0\] offset 2 is not JSON"):
+        src.run(handle_signals=False)
+    # The two good messages before it are queued; no offset past them was committed, so the bad
+    # message and those after it are still there for a source that can take them.
+    assert drain_all(tmp_path) == [{"id": 0}, {"id": 1}]
+    assert committed(kafka_broker, group).get(0, -1001) <= 2
+    src = kafka.KafkaSource([topic], value_format="bytes", **settings)
+    src.open()
+    wait_for(lambda: src.poll_once() >= 0 and src.events >= 3, 30, "the rest of the partition")
+    src.close()
+    values = drain_all(tmp_path, serializer="raw")
+    assert values[-3:] == [b"not json", b'{"id": 3}', b'{"id": 4}']

@@ -187,6 +187,7 @@ class KafkaSource(_Connector):
         self._queue: Optional[Enqueue] = None
         self._uncommitted = False
         self._batch_started = 0.0
+        self._failed = False
 
     def kafka_subscribe(self, topic: str) -> None:
         """Add a topic (the 0.8 spelling)."""
@@ -235,6 +236,17 @@ class KafkaSource(_Connector):
 
     def poll_once(self, timeout: float = 0.1) -> int:
         """One round: consume what is there (up to the end of the open batch) and queue it."""
+        if self._failed:
+            raise RuntimeError("turbo_queue.kafka: this source failed; close it and start a new one")
+        try:
+            return self._poll_once(timeout)
+        except BaseException:
+            # Messages consume() returned may not all be queued: from here on no offset is
+            # committed (close() only publishes), so they are consumed again after a restart.
+            self._failed = True
+            raise
+
+    def _poll_once(self, timeout: float) -> int:
         queue = self._queue
         assert queue is not None and self._consumer is not None, "call open() first"
         pending = queue.pending()
@@ -265,8 +277,12 @@ class KafkaSource(_Connector):
         try:
             if queue is not None:
                 queue.flush()
-                if consumer is not None and self._uncommitted:
+                if consumer is not None and self._uncommitted and not self._failed:
                     self._commit(asynchronous=False, consumer=consumer)
+                elif self._failed:
+                    logger.warning("turbo_queue.kafka: the source stopped on an error; offsets since "
+                                   "the last commit were not committed, so those events will be "
+                                   "consumed again")
         finally:
             if consumer is not None:
                 consumer.close()
