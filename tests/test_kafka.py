@@ -282,6 +282,33 @@ def test_compiled_packer_writes_what_msgpack_reads():
         pack_messages([FakeMessage("not bytes")], [])
 
 
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_maybe_bytes = st.none() | st.binary(max_size=70_000)
+_records = st.builds(
+    kafka.Record, _maybe_bytes, _maybe_bytes,
+    st.none() | st.lists(st.tuples(st.text(max_size=40), st.none() | st.binary(max_size=40)), max_size=20).map(tuple),
+    st.none() | st.integers(-2**63, 2**63 - 1), st.text(min_size=1, max_size=300),
+    st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_records)
+def test_compiled_reader_and_writer_agree_with_msgpack(record):
+    import msgpack
+
+    from turbo_queue._kafka_codec import pack_messages, unpack_record
+
+    written_by_msgpack = kafka.RECORDS.dumps(record)
+    assert unpack_record(written_by_msgpack, kafka.Record) == record
+    ts = (0, -1) if record.timestamp is None else (1, record.timestamp)
+    (written_by_us,) = pack_messages([FakeMessage(record.value, record.key,
+                                                  None if record.headers is None else list(record.headers),
+                                                  ts, record.topic, record.partition, record.offset)], [])
+    assert msgpack.unpackb(written_by_us, raw=False, use_list=False) == tuple(record)
+    assert kafka.RECORDS.loads(written_by_us) == record
+
+
 def test_bad_settings_are_refused_before_connecting(tmp_path):
     with pytest.raises(ValueError, match="value_format"):
         kafka.KafkaSource(["t"], value_format="xml")

@@ -1667,7 +1667,7 @@ static const char* const __pyx_f[] = {
 
 /*--- Type declarations ---*/
 
-/* "turbo_queue/_kafka_codec.pyx":17
+/* "turbo_queue/_kafka_codec.pyx":19
  * from libc.string cimport memcpy
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -2229,6 +2229,117 @@ static CYTHON_INLINE int __Pyx_SetItemInt_Fast(PyObject *o, Py_ssize_t i, PyObje
 /* RaiseUnboundLocalError.proto */
 static void __Pyx_RaiseUnboundLocalError(const char *varname);
 
+/* PyValueError_Check.proto */
+#define __Pyx_PyExc_ValueError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_ValueError)
+
+/* decode_c_string_utf16.proto (used by decode_c_string) */
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = 0;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16LE(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = -1;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+static CYTHON_INLINE PyObject *__Pyx_PyUnicode_DecodeUTF16BE(const char *s, Py_ssize_t size, const char *errors) {
+    int byteorder = 1;
+    return PyUnicode_DecodeUTF16(s, size, errors, &byteorder);
+}
+
+/* decode_c_string.proto */
+static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
+         const char* cstring, Py_ssize_t start, Py_ssize_t stop,
+         const char* encoding, const char* errors,
+         PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors));
+
+/* BuildPyUnicode.proto (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char);
+
+/* COrdinalToPyUnicode.proto (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value);
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t width, char padding_char);
+
+/* GCCDiagnostics.proto (used by CIntToPyUnicode) */
+#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
+#define __Pyx_HAS_GCC_DIAGNOSTIC
+#endif
+
+/* IncludeStdlibH.proto (used by CIntToPyUnicode) */
+#include <stdlib.h>
+
+/* CIntToPyUnicode.proto */
+#define __Pyx_PyUnicode_From_unsigned_char(value, width, padding_char, format_char) (\
+    ((format_char) == ('c')) ?\
+        __Pyx_uchar___Pyx_PyUnicode_From_unsigned_char(value, width, padding_char) :\
+        __Pyx____Pyx_PyUnicode_From_unsigned_char(value, width, padding_char, format_char)\
+    )
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_unsigned_char(unsigned char value, Py_ssize_t width, char padding_char);
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_unsigned_char(unsigned char value, Py_ssize_t width, char padding_char, char format_char);
+
+/* PyObjectFastCallMethod.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_PyObject_FastCallMethod(name, args, nargsf) PyObject_VectorcallMethod(name, args, nargsf, NULL)
+#else
+static PyObject *__Pyx_PyObject_FastCallMethod(PyObject *name, PyObject *const *args, size_t nargsf);
+#endif
+
+/* PyBaseException_Check.proto */
+#define __Pyx_PyExc_BaseException_Check(obj)  PyExceptionInstance_Check(obj)
+
+/* GetTopmostException.proto (used by SaveResetException) */
+#if CYTHON_USE_EXC_INFO_STACK && CYTHON_FAST_THREAD_STATE
+static _PyErr_StackItem * __Pyx_PyErr_GetTopmostException(PyThreadState *tstate);
+#endif
+
+/* SaveResetException.proto */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_ExceptionSave(type, value, tb)  __Pyx__ExceptionSave(__pyx_tstate, type, value, tb)
+static CYTHON_INLINE void __Pyx__ExceptionSave(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
+#define __Pyx_ExceptionReset(type, value, tb)  __Pyx__ExceptionReset(__pyx_tstate, type, value, tb)
+static CYTHON_INLINE void __Pyx__ExceptionReset(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb);
+#else
+#define __Pyx_ExceptionSave(type, value, tb)   PyErr_GetExcInfo(type, value, tb)
+#define __Pyx_ExceptionReset(type, value, tb)  PyErr_SetExcInfo(type, value, tb)
+#endif
+
+/* PyErrExceptionMatches.proto */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
+#else
+#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
+#endif
+
+/* GetException.proto */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_GetException(type, value, tb)  __Pyx__GetException(__pyx_tstate, type, value, tb)
+static int __Pyx__GetException(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
+#else
+static int __Pyx_GetException(PyObject **type, PyObject **value, PyObject **tb);
+#endif
+
+/* SwapException.proto */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_ExceptionSwap(type, value, tb)  __Pyx__ExceptionSwap(__pyx_tstate, type, value, tb)
+static CYTHON_INLINE void __Pyx__ExceptionSwap(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
+#else
+static CYTHON_INLINE void __Pyx_ExceptionSwap(PyObject **type, PyObject **value, PyObject **tb);
+#endif
+
+/* PyObjectVectorcallKwds.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
+#else
+#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
+#endif
+
+/* PyBufferError_Check.proto */
+#define __Pyx_PyExc_BufferError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_BufferError)
+
 /* TypeImport.proto */
 #ifndef __PYX_HAVE_RT_ImportType_proto_3_3_1
 #define __PYX_HAVE_RT_ImportType_proto_3_3_1
@@ -2431,14 +2542,6 @@ static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UIN
 #define __PYX_PY_DICT_LOOKUP_IF_MODIFIED(VAR, DICT, LOOKUP)  (VAR) = (LOOKUP);
 #endif
 
-/* PyErrExceptionMatches.proto (used by PyObjectGetAttrStrNoError) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
-#else
-#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
-#endif
-
 /* PyObjectGetAttrStrNoError.proto (used by CLineInTraceback) */
 static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name);
 
@@ -2475,21 +2578,6 @@ static void __pyx_insert_code_object(int code_line, __Pyx_CachedCodeObjectType* 
 static void __Pyx_AddTraceback(const char *funcname, int c_line,
                                int py_line, const char *filename);
 
-/* GCCDiagnostics.proto */
-#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
-#define __Pyx_HAS_GCC_DIAGNOSTIC
-#endif
-
-/* PyObjectVectorcallKwds.proto (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
-#else
-#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
-#endif
-
 /* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
 #if CYTHON_VECTORCALL
 #define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
@@ -2509,6 +2597,12 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
 /* CIntFromPy.proto */
 static CYTHON_INLINE int64_t __Pyx_PyLong_As_int64_t(PyObject *);
 
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint64_t(uint64_t value);
+
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value);
+
 /* CIntFromPy.proto */
 static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *);
 
@@ -2526,6 +2620,9 @@ static int __Pyx_check_binary_version(unsigned long ct_version, unsigned long rt
 
 /* DecompressString.proto */
 static PyObject *__Pyx_DecompressString(const char *s, Py_ssize_t length, int algo);
+
+/* DecompressString_LZSS.proto */
+static PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length);
 
 /* MultiPhaseInitModuleState.proto */
 #if CYTHON_PEP489_MULTI_PHASE_INIT && CYTHON_USE_MODULE_STATE
@@ -2614,6 +2711,10 @@ static int __Pyx_State_RemoveModule(void*);
 
 /* Module declarations from "cpython.bytes" */
 
+/* Module declarations from "cpython.ref" */
+
+/* Module declarations from "cpython.tuple" */
+
 /* Module declarations from "libc.stdint" */
 
 /* Module declarations from "turbo_queue._kafka_codec" */
@@ -2625,6 +2726,9 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *, P
 static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_int(char *, int64_t); /*proto*/
 static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *, Py_ssize_t); /*proto*/
 static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__array_size(Py_ssize_t); /*proto*/
+static CYTHON_INLINE uint64_t __pyx_f_11turbo_queue_12_kafka_codec__be_read(unsigned char const *, int); /*proto*/
+static PyObject *__pyx_f_11turbo_queue_12_kafka_codec__read(unsigned char const **, unsigned char const *, int); /*proto*/
+static PyObject *__pyx_f_11turbo_queue_12_kafka_codec__fields(PyObject *); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "turbo_queue._kafka_codec"
@@ -2637,6 +2741,8 @@ int __pyx_module_is_main_turbo_queue___kafka_codec = 0;
 static const char __pyx_k_Packs_confluent_kafka_messages_i[] = "Packs confluent-kafka messages into queue events for ``turbo_queue.kafka`` (value_format \"record\").\n\nEach event is the msgpack array ``[value, key, headers, timestamp, topic, partition, offset]`` that\n``turbo_queue.kafka.RECORDS`` reads with msgpack. Written here in one pass per message, because the\nsource spends most of its time per message on exactly this (see bench/kafka_bench.py): one size\ncomputation, one bytes object, memcpy of value and key.\n\nIntegers are written as msgpack int64 (0xd3), which every msgpack reader accepts; the few bytes\nlost to not using the shortest form are not worth a branch per field.\n";
 /* #### Code section: decls ### */
 static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_msgs, PyObject *__pyx_v_errors); /* proto */
+static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_2unpack_record(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_data, PyObject *__pyx_v_record_type); /* proto */
+static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_produce, PyObject *__pyx_v_topic, PyObject *__pyx_v_packed, Py_ssize_t __pyx_v_start, PyObject *__pyx_v_on_delivery, PyObject *__pyx_v_catch, PyObject *__pyx_v_errors); /* proto */
 /* #### Code section: late_includes ### */
 /* #### Code section: module_state ### */
 /* SmallCodeConfig */
@@ -2664,8 +2770,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[1];
-    PyObject *__pyx_string_tab[58];
+    PyObject *__pyx_tuple[1];
+    PyObject *__pyx_codeobj_tab[3];
+    PyObject *__pyx_string_tab[79];
     PyObject *__pyx_number_tab[1];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -2716,63 +2823,84 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #endif
 /* #### Code section: constant_name_defines ### */
 #define __pyx_kp_u_among __pyx_string_tab[0]
-#define __pyx_kp_u_messages __pyx_string_tab[1]
-#define __pyx_kp_u_ __pyx_string_tab[2]
-#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[3]
-#define __pyx_kp_u_add_note __pyx_string_tab[4]
-#define __pyx_kp_u_pack_messages __pyx_string_tab[5]
-#define __pyx_kp_u_src_turbo_queue__kafka_codec_pyx __pyx_string_tab[6]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[7]
-#define __pyx_n_u_annotate __pyx_string_tab[8]
-#define __pyx_n_u_func __pyx_string_tab[9]
-#define __pyx_n_u_main __pyx_string_tab[10]
-#define __pyx_n_u_module __pyx_string_tab[11]
-#define __pyx_n_u_name __pyx_string_tab[12]
-#define __pyx_n_u_qualname __pyx_string_tab[13]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[14]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[15]
-#define __pyx_n_u_b __pyx_string_tab[16]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[17]
-#define __pyx_n_u_cls __pyx_string_tab[18]
-#define __pyx_n_u_error __pyx_string_tab[19]
-#define __pyx_n_u_error_of __pyx_string_tab[20]
-#define __pyx_n_u_errors __pyx_string_tab[21]
-#define __pyx_n_u_header_keys __pyx_string_tab[22]
-#define __pyx_n_u_headers __pyx_string_tab[23]
-#define __pyx_n_u_headers_of __pyx_string_tab[24]
-#define __pyx_n_u_hk __pyx_string_tab[25]
-#define __pyx_n_u_hv __pyx_string_tab[26]
-#define __pyx_n_u_i __pyx_string_tab[27]
-#define __pyx_n_u_items __pyx_string_tab[28]
-#define __pyx_n_u_key __pyx_string_tab[29]
-#define __pyx_n_u_key_of __pyx_string_tab[30]
-#define __pyx_n_u_kind __pyx_string_tab[31]
-#define __pyx_n_u_last_topic __pyx_string_tab[32]
-#define __pyx_n_u_m __pyx_string_tab[33]
-#define __pyx_n_u_msgs __pyx_string_tab[34]
-#define __pyx_n_u_nh __pyx_string_tab[35]
-#define __pyx_n_u_offset __pyx_string_tab[36]
-#define __pyx_n_u_offset_of __pyx_string_tab[37]
-#define __pyx_n_u_out __pyx_string_tab[38]
-#define __pyx_n_u_p __pyx_string_tab[39]
-#define __pyx_n_u_pack_messages_2 __pyx_string_tab[40]
-#define __pyx_n_u_partition __pyx_string_tab[41]
-#define __pyx_n_u_partition_of __pyx_string_tab[42]
-#define __pyx_n_u_pop __pyx_string_tab[43]
-#define __pyx_n_u_setdefault __pyx_string_tab[44]
-#define __pyx_n_u_size __pyx_string_tab[45]
-#define __pyx_n_u_timestamp __pyx_string_tab[46]
-#define __pyx_n_u_timestamp_of __pyx_string_tab[47]
-#define __pyx_n_u_topic __pyx_string_tab[48]
-#define __pyx_n_u_topic_b __pyx_string_tab[49]
-#define __pyx_n_u_topic_of __pyx_string_tab[50]
-#define __pyx_n_u_ts __pyx_string_tab[51]
-#define __pyx_n_u_turbo_queue__kafka_codec __pyx_string_tab[52]
-#define __pyx_n_u_value __pyx_string_tab[53]
-#define __pyx_n_u_value_of __pyx_string_tab[54]
-#define __pyx_n_u_values __pyx_string_tab[55]
-#define __pyx_kp_b__2 __pyx_string_tab[56]
-#define __pyx_kp_b_iso88591_A_Q_t1_q_at1A_j_S_83fCq_N_c_S_P __pyx_string_tab[57]
+#define __pyx_kp_u_is_not_part_of_a_record __pyx_string_tab[1]
+#define __pyx_kp_u_messages __pyx_string_tab[2]
+#define __pyx_kp_u_02x __pyx_string_tab[3]
+#define __pyx_kp_u_ __pyx_string_tab[4]
+#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[5]
+#define __pyx_kp_u_add_note __pyx_string_tab[6]
+#define __pyx_kp_u_msgpack_type_0x __pyx_string_tab[7]
+#define __pyx_kp_u_not_a_7_field_record __pyx_string_tab[8]
+#define __pyx_kp_u_pack_messages __pyx_string_tab[9]
+#define __pyx_kp_u_src_turbo_queue__kafka_codec_pyx __pyx_string_tab[10]
+#define __pyx_kp_u_truncated_or_too_deep __pyx_string_tab[11]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[12]
+#define __pyx_n_u_annotate __pyx_string_tab[13]
+#define __pyx_n_u_func __pyx_string_tab[14]
+#define __pyx_n_u_main __pyx_string_tab[15]
+#define __pyx_n_u_module __pyx_string_tab[16]
+#define __pyx_n_u_name __pyx_string_tab[17]
+#define __pyx_n_u_new __pyx_string_tab[18]
+#define __pyx_n_u_qualname __pyx_string_tab[19]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[20]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[21]
+#define __pyx_n_u_b __pyx_string_tab[22]
+#define __pyx_n_u_catch __pyx_string_tab[23]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[24]
+#define __pyx_n_u_cls __pyx_string_tab[25]
+#define __pyx_n_u_data __pyx_string_tab[26]
+#define __pyx_n_u_e __pyx_string_tab[27]
+#define __pyx_n_u_end __pyx_string_tab[28]
+#define __pyx_n_u_error __pyx_string_tab[29]
+#define __pyx_n_u_error_of __pyx_string_tab[30]
+#define __pyx_n_u_errors __pyx_string_tab[31]
+#define __pyx_n_u_header_keys __pyx_string_tab[32]
+#define __pyx_n_u_headers __pyx_string_tab[33]
+#define __pyx_n_u_headers_of __pyx_string_tab[34]
+#define __pyx_n_u_hk __pyx_string_tab[35]
+#define __pyx_n_u_hv __pyx_string_tab[36]
+#define __pyx_n_u_i __pyx_string_tab[37]
+#define __pyx_n_u_items __pyx_string_tab[38]
+#define __pyx_n_u_key __pyx_string_tab[39]
+#define __pyx_n_u_key_of __pyx_string_tab[40]
+#define __pyx_n_u_kind __pyx_string_tab[41]
+#define __pyx_n_u_last_topic __pyx_string_tab[42]
+#define __pyx_n_u_m __pyx_string_tab[43]
+#define __pyx_n_u_msgs __pyx_string_tab[44]
+#define __pyx_n_u_n __pyx_string_tab[45]
+#define __pyx_n_u_nh __pyx_string_tab[46]
+#define __pyx_n_u_offset __pyx_string_tab[47]
+#define __pyx_n_u_offset_of __pyx_string_tab[48]
+#define __pyx_n_u_on_delivery __pyx_string_tab[49]
+#define __pyx_n_u_out __pyx_string_tab[50]
+#define __pyx_n_u_p __pyx_string_tab[51]
+#define __pyx_n_u_pack_messages_2 __pyx_string_tab[52]
+#define __pyx_n_u_packed __pyx_string_tab[53]
+#define __pyx_n_u_partition __pyx_string_tab[54]
+#define __pyx_n_u_partition_of __pyx_string_tab[55]
+#define __pyx_n_u_pop __pyx_string_tab[56]
+#define __pyx_n_u_produce __pyx_string_tab[57]
+#define __pyx_n_u_produce_packed __pyx_string_tab[58]
+#define __pyx_n_u_record_type __pyx_string_tab[59]
+#define __pyx_n_u_setdefault __pyx_string_tab[60]
+#define __pyx_n_u_size __pyx_string_tab[61]
+#define __pyx_n_u_start __pyx_string_tab[62]
+#define __pyx_n_u_timestamp __pyx_string_tab[63]
+#define __pyx_n_u_timestamp_of __pyx_string_tab[64]
+#define __pyx_n_u_topic __pyx_string_tab[65]
+#define __pyx_n_u_topic_b __pyx_string_tab[66]
+#define __pyx_n_u_topic_of __pyx_string_tab[67]
+#define __pyx_n_u_truncated __pyx_string_tab[68]
+#define __pyx_n_u_ts __pyx_string_tab[69]
+#define __pyx_n_u_turbo_queue__kafka_codec __pyx_string_tab[70]
+#define __pyx_n_u_unpack_record __pyx_string_tab[71]
+#define __pyx_n_u_value __pyx_string_tab[72]
+#define __pyx_n_u_value_of __pyx_string_tab[73]
+#define __pyx_n_u_values __pyx_string_tab[74]
+#define __pyx_kp_b__2 __pyx_string_tab[75]
+#define __pyx_kp_b_iso88591_5_gQa __pyx_string_tab[76]
+#define __pyx_kp_b_iso88591_A_Q_t1_q_at1A_j_S_83fCq_N_c_S_P __pyx_string_tab[77]
+#define __pyx_kp_b_iso88591_3aq_U_7_HF_1_31A_b_1_r_D_1AS_1 __pyx_string_tab[78]
 #define __pyx_int_0 __pyx_number_tab[0]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
@@ -2792,8 +2920,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<58; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<79; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -2821,8 +2950,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<58; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<79; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -2837,7 +2967,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "turbo_queue/_kafka_codec.pyx":21
+/* "turbo_queue/_kafka_codec.pyx":23
  * 
  * 
  * cdef inline Py_ssize_t _bin_size(object b) except -1:             # <<<<<<<<<<<<<<
@@ -2859,7 +2989,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_bin_size", 0);
 
-  /* "turbo_queue/_kafka_codec.pyx":23
+  /* "turbo_queue/_kafka_codec.pyx":25
  * cdef inline Py_ssize_t _bin_size(object b) except -1:
  *     cdef Py_ssize_t n
  *     if b is None:             # <<<<<<<<<<<<<<
@@ -2870,7 +3000,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":24
+    /* "turbo_queue/_kafka_codec.pyx":26
  *     cdef Py_ssize_t n
  *     if b is None:
  *         return 1             # <<<<<<<<<<<<<<
@@ -2883,7 +3013,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
     }
     goto __pyx_L0;
 
-    /* "turbo_queue/_kafka_codec.pyx":23
+    /* "turbo_queue/_kafka_codec.pyx":25
  * cdef inline Py_ssize_t _bin_size(object b) except -1:
  *     cdef Py_ssize_t n
  *     if b is None:             # <<<<<<<<<<<<<<
@@ -2892,7 +3022,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
 */
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":25
+  /* "turbo_queue/_kafka_codec.pyx":27
  *     if b is None:
  *         return 1
  *     n = PyBytes_GET_SIZE(<bytes?>b)             # <<<<<<<<<<<<<<
@@ -2901,11 +3031,11 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
 */
   __pyx_t_2 = __pyx_v_b;
   __Pyx_INCREF(__pyx_t_2);
-  if (!(likely(PyBytes_CheckExact(__pyx_t_2)) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_2))) __PYX_ERR(0, 25, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_2)) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_2))) __PYX_ERR(0, 27, __pyx_L1_error)
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":26
+  /* "turbo_queue/_kafka_codec.pyx":28
  *         return 1
  *     n = PyBytes_GET_SIZE(<bytes?>b)
  *     return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)             # <<<<<<<<<<<<<<
@@ -2938,7 +3068,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
 
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":21
+  /* "turbo_queue/_kafka_codec.pyx":23
  * 
  * 
  * cdef inline Py_ssize_t _bin_size(object b) except -1:             # <<<<<<<<<<<<<<
@@ -2958,7 +3088,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__bin_size(P
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":29
+/* "turbo_queue/_kafka_codec.pyx":31
  * 
  * 
  * cdef inline Py_ssize_t _str_size(bytes s):             # <<<<<<<<<<<<<<
@@ -2976,7 +3106,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__str_size(P
   Py_ssize_t __pyx_t_5;
   int __pyx_t_6;
 
-  /* "turbo_queue/_kafka_codec.pyx":30
+  /* "turbo_queue/_kafka_codec.pyx":32
  * 
  * cdef inline Py_ssize_t _str_size(bytes s):
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)             # <<<<<<<<<<<<<<
@@ -2985,7 +3115,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__str_size(P
 */
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_v_s);
 
-  /* "turbo_queue/_kafka_codec.pyx":31
+  /* "turbo_queue/_kafka_codec.pyx":33
  * cdef inline Py_ssize_t _str_size(bytes s):
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
  *     return n + (1 if n < 32 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)             # <<<<<<<<<<<<<<
@@ -3027,7 +3157,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__str_size(P
 
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":29
+  /* "turbo_queue/_kafka_codec.pyx":31
  * 
  * 
  * cdef inline Py_ssize_t _str_size(bytes s):             # <<<<<<<<<<<<<<
@@ -3042,7 +3172,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__str_size(P
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":34
+/* "turbo_queue/_kafka_codec.pyx":36
  * 
  * 
  * cdef inline char* _be(char* p, uint64_t v, int width) noexcept:             # <<<<<<<<<<<<<<
@@ -3057,7 +3187,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__be(char *__pyx_
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "turbo_queue/_kafka_codec.pyx":36
+  /* "turbo_queue/_kafka_codec.pyx":38
  * cdef inline char* _be(char* p, uint64_t v, int width) noexcept:
  *     cdef int i
  *     for i in range(width):             # <<<<<<<<<<<<<<
@@ -3071,7 +3201,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__be(char *__pyx_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "turbo_queue/_kafka_codec.pyx":37
+    /* "turbo_queue/_kafka_codec.pyx":39
  *     cdef int i
  *     for i in range(width):
  *         p[i] = <char>((v >> (8 * (width - 1 - i))) & 0xff)             # <<<<<<<<<<<<<<
@@ -3082,7 +3212,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__be(char *__pyx_
   }
 
 
-  /* "turbo_queue/_kafka_codec.pyx":38
+  /* "turbo_queue/_kafka_codec.pyx":40
  *     for i in range(width):
  *         p[i] = <char>((v >> (8 * (width - 1 - i))) & 0xff)
  *     return p + width             # <<<<<<<<<<<<<<
@@ -3095,7 +3225,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__be(char *__pyx_
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":34
+  /* "turbo_queue/_kafka_codec.pyx":36
  * 
  * 
  * cdef inline char* _be(char* p, uint64_t v, int width) noexcept:             # <<<<<<<<<<<<<<
@@ -3110,7 +3240,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__be(char *__pyx_
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":41
+/* "turbo_queue/_kafka_codec.pyx":43
  * 
  * 
  * cdef inline char* _w_bin(char* p, object b) noexcept:             # <<<<<<<<<<<<<<
@@ -3124,7 +3254,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   int __pyx_t_1;
 
 
-  /* "turbo_queue/_kafka_codec.pyx":43
+  /* "turbo_queue/_kafka_codec.pyx":45
  * cdef inline char* _w_bin(char* p, object b) noexcept:
  *     cdef Py_ssize_t n
  *     if b is None:             # <<<<<<<<<<<<<<
@@ -3135,7 +3265,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":44
+    /* "turbo_queue/_kafka_codec.pyx":46
  *     cdef Py_ssize_t n
  *     if b is None:
  *         p[0] = <char>NIL             # <<<<<<<<<<<<<<
@@ -3144,7 +3274,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
     (__pyx_v_p[0]) = ((char)__pyx_e_11turbo_queue_12_kafka_codec_NIL);
 
-    /* "turbo_queue/_kafka_codec.pyx":45
+    /* "turbo_queue/_kafka_codec.pyx":47
  *     if b is None:
  *         p[0] = <char>NIL
  *         return p + 1             # <<<<<<<<<<<<<<
@@ -3157,7 +3287,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
     }
     goto __pyx_L0;
 
-    /* "turbo_queue/_kafka_codec.pyx":43
+    /* "turbo_queue/_kafka_codec.pyx":45
  * cdef inline char* _w_bin(char* p, object b) noexcept:
  *     cdef Py_ssize_t n
  *     if b is None:             # <<<<<<<<<<<<<<
@@ -3166,7 +3296,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":46
+  /* "turbo_queue/_kafka_codec.pyx":48
  *         p[0] = <char>NIL
  *         return p + 1
  *     n = PyBytes_GET_SIZE(b)             # <<<<<<<<<<<<<<
@@ -3175,7 +3305,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_v_b);
 
-  /* "turbo_queue/_kafka_codec.pyx":47
+  /* "turbo_queue/_kafka_codec.pyx":49
  *         return p + 1
  *     n = PyBytes_GET_SIZE(b)
  *     if n < 0x100:             # <<<<<<<<<<<<<<
@@ -3187,7 +3317,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":48
+    /* "turbo_queue/_kafka_codec.pyx":50
  *     n = PyBytes_GET_SIZE(b)
  *     if n < 0x100:
  *         p[0] = <char>0xc4             # <<<<<<<<<<<<<<
@@ -3196,7 +3326,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
     (__pyx_v_p[0]) = ((char)0xc4);
 
-    /* "turbo_queue/_kafka_codec.pyx":49
+    /* "turbo_queue/_kafka_codec.pyx":51
  *     if n < 0x100:
  *         p[0] = <char>0xc4
  *         p = _be(p + 1, n, 1)             # <<<<<<<<<<<<<<
@@ -3205,7 +3335,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__be((__pyx_v_p + 1), __pyx_v_n, 1);
 
-    /* "turbo_queue/_kafka_codec.pyx":47
+    /* "turbo_queue/_kafka_codec.pyx":49
  *         return p + 1
  *     n = PyBytes_GET_SIZE(b)
  *     if n < 0x100:             # <<<<<<<<<<<<<<
@@ -3215,7 +3345,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
     goto __pyx_L4;
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":50
+  /* "turbo_queue/_kafka_codec.pyx":52
  *         p[0] = <char>0xc4
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3227,7 +3357,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":51
+    /* "turbo_queue/_kafka_codec.pyx":53
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:
  *         p[0] = <char>0xc5             # <<<<<<<<<<<<<<
@@ -3236,7 +3366,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
     (__pyx_v_p[0]) = ((char)0xc5);
 
-    /* "turbo_queue/_kafka_codec.pyx":52
+    /* "turbo_queue/_kafka_codec.pyx":54
  *     elif n < 0x10000:
  *         p[0] = <char>0xc5
  *         p = _be(p + 1, n, 2)             # <<<<<<<<<<<<<<
@@ -3245,7 +3375,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__be((__pyx_v_p + 1), __pyx_v_n, 2);
 
-    /* "turbo_queue/_kafka_codec.pyx":50
+    /* "turbo_queue/_kafka_codec.pyx":52
  *         p[0] = <char>0xc4
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3255,7 +3385,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
     goto __pyx_L4;
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":54
+  /* "turbo_queue/_kafka_codec.pyx":56
  *         p = _be(p + 1, n, 2)
  *     else:
  *         p[0] = <char>0xc6             # <<<<<<<<<<<<<<
@@ -3265,7 +3395,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   /*else*/ {
     (__pyx_v_p[0]) = ((char)0xc6);
 
-    /* "turbo_queue/_kafka_codec.pyx":55
+    /* "turbo_queue/_kafka_codec.pyx":57
  *     else:
  *         p[0] = <char>0xc6
  *         p = _be(p + 1, n, 4)             # <<<<<<<<<<<<<<
@@ -3276,7 +3406,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   }
   __pyx_L4:;
 
-  /* "turbo_queue/_kafka_codec.pyx":56
+  /* "turbo_queue/_kafka_codec.pyx":58
  *         p[0] = <char>0xc6
  *         p = _be(p + 1, n, 4)
  *     memcpy(p, PyBytes_AS_STRING(b), n)             # <<<<<<<<<<<<<<
@@ -3285,7 +3415,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
 */
   (void)(memcpy(__pyx_v_p, PyBytes_AS_STRING(__pyx_v_b), __pyx_v_n));
 
-  /* "turbo_queue/_kafka_codec.pyx":57
+  /* "turbo_queue/_kafka_codec.pyx":59
  *         p = _be(p + 1, n, 4)
  *     memcpy(p, PyBytes_AS_STRING(b), n)
  *     return p + n             # <<<<<<<<<<<<<<
@@ -3298,7 +3428,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":41
+  /* "turbo_queue/_kafka_codec.pyx":43
  * 
  * 
  * cdef inline char* _w_bin(char* p, object b) noexcept:             # <<<<<<<<<<<<<<
@@ -3314,7 +3444,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_bin(char *__p
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":60
+/* "turbo_queue/_kafka_codec.pyx":62
  * 
  * 
  * cdef inline char* _w_str(char* p, bytes s) noexcept:             # <<<<<<<<<<<<<<
@@ -3328,7 +3458,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   int __pyx_t_1;
 
 
-  /* "turbo_queue/_kafka_codec.pyx":61
+  /* "turbo_queue/_kafka_codec.pyx":63
  * 
  * cdef inline char* _w_str(char* p, bytes s) noexcept:
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)             # <<<<<<<<<<<<<<
@@ -3337,7 +3467,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_v_s);
 
-  /* "turbo_queue/_kafka_codec.pyx":62
+  /* "turbo_queue/_kafka_codec.pyx":64
  * cdef inline char* _w_str(char* p, bytes s) noexcept:
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
  *     if n < 32:             # <<<<<<<<<<<<<<
@@ -3349,7 +3479,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":63
+    /* "turbo_queue/_kafka_codec.pyx":65
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
  *     if n < 32:
  *         p[0] = <char>(0xa0 | n)             # <<<<<<<<<<<<<<
@@ -3358,7 +3488,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     (__pyx_v_p[0]) = ((char)(0xa0 | __pyx_v_n));
 
-    /* "turbo_queue/_kafka_codec.pyx":64
+    /* "turbo_queue/_kafka_codec.pyx":66
  *     if n < 32:
  *         p[0] = <char>(0xa0 | n)
  *         p += 1             # <<<<<<<<<<<<<<
@@ -3367,7 +3497,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     __pyx_v_p = (__pyx_v_p + 1);
 
-    /* "turbo_queue/_kafka_codec.pyx":62
+    /* "turbo_queue/_kafka_codec.pyx":64
  * cdef inline char* _w_str(char* p, bytes s) noexcept:
  *     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
  *     if n < 32:             # <<<<<<<<<<<<<<
@@ -3377,7 +3507,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
     goto __pyx_L3;
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":65
+  /* "turbo_queue/_kafka_codec.pyx":67
  *         p[0] = <char>(0xa0 | n)
  *         p += 1
  *     elif n < 0x100:             # <<<<<<<<<<<<<<
@@ -3389,7 +3519,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":66
+    /* "turbo_queue/_kafka_codec.pyx":68
  *         p += 1
  *     elif n < 0x100:
  *         p[0] = <char>0xd9             # <<<<<<<<<<<<<<
@@ -3398,7 +3528,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     (__pyx_v_p[0]) = ((char)0xd9);
 
-    /* "turbo_queue/_kafka_codec.pyx":67
+    /* "turbo_queue/_kafka_codec.pyx":69
  *     elif n < 0x100:
  *         p[0] = <char>0xd9
  *         p = _be(p + 1, n, 1)             # <<<<<<<<<<<<<<
@@ -3407,7 +3537,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__be((__pyx_v_p + 1), __pyx_v_n, 1);
 
-    /* "turbo_queue/_kafka_codec.pyx":65
+    /* "turbo_queue/_kafka_codec.pyx":67
  *         p[0] = <char>(0xa0 | n)
  *         p += 1
  *     elif n < 0x100:             # <<<<<<<<<<<<<<
@@ -3417,7 +3547,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
     goto __pyx_L3;
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":68
+  /* "turbo_queue/_kafka_codec.pyx":70
  *         p[0] = <char>0xd9
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3429,7 +3559,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":69
+    /* "turbo_queue/_kafka_codec.pyx":71
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:
  *         p[0] = <char>0xda             # <<<<<<<<<<<<<<
@@ -3438,7 +3568,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     (__pyx_v_p[0]) = ((char)0xda);
 
-    /* "turbo_queue/_kafka_codec.pyx":70
+    /* "turbo_queue/_kafka_codec.pyx":72
  *     elif n < 0x10000:
  *         p[0] = <char>0xda
  *         p = _be(p + 1, n, 2)             # <<<<<<<<<<<<<<
@@ -3447,7 +3577,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__be((__pyx_v_p + 1), __pyx_v_n, 2);
 
-    /* "turbo_queue/_kafka_codec.pyx":68
+    /* "turbo_queue/_kafka_codec.pyx":70
  *         p[0] = <char>0xd9
  *         p = _be(p + 1, n, 1)
  *     elif n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3457,7 +3587,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
     goto __pyx_L3;
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":72
+  /* "turbo_queue/_kafka_codec.pyx":74
  *         p = _be(p + 1, n, 2)
  *     else:
  *         p[0] = <char>0xdb             # <<<<<<<<<<<<<<
@@ -3467,7 +3597,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   /*else*/ {
     (__pyx_v_p[0]) = ((char)0xdb);
 
-    /* "turbo_queue/_kafka_codec.pyx":73
+    /* "turbo_queue/_kafka_codec.pyx":75
  *     else:
  *         p[0] = <char>0xdb
  *         p = _be(p + 1, n, 4)             # <<<<<<<<<<<<<<
@@ -3478,7 +3608,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   }
   __pyx_L3:;
 
-  /* "turbo_queue/_kafka_codec.pyx":74
+  /* "turbo_queue/_kafka_codec.pyx":76
  *         p[0] = <char>0xdb
  *         p = _be(p + 1, n, 4)
  *     memcpy(p, PyBytes_AS_STRING(s), n)             # <<<<<<<<<<<<<<
@@ -3487,7 +3617,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 */
   (void)(memcpy(__pyx_v_p, PyBytes_AS_STRING(__pyx_v_s), __pyx_v_n));
 
-  /* "turbo_queue/_kafka_codec.pyx":75
+  /* "turbo_queue/_kafka_codec.pyx":77
  *         p = _be(p + 1, n, 4)
  *     memcpy(p, PyBytes_AS_STRING(s), n)
  *     return p + n             # <<<<<<<<<<<<<<
@@ -3500,7 +3630,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":60
+  /* "turbo_queue/_kafka_codec.pyx":62
  * 
  * 
  * cdef inline char* _w_str(char* p, bytes s) noexcept:             # <<<<<<<<<<<<<<
@@ -3516,7 +3646,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":78
+/* "turbo_queue/_kafka_codec.pyx":80
  * 
  * 
  * cdef inline char* _w_int(char* p, int64_t v) noexcept:             # <<<<<<<<<<<<<<
@@ -3527,7 +3657,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_str(char *__p
 static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_int(char *__pyx_v_p, int64_t __pyx_v_v) {
   char *__pyx_r;
 
-  /* "turbo_queue/_kafka_codec.pyx":79
+  /* "turbo_queue/_kafka_codec.pyx":81
  * 
  * cdef inline char* _w_int(char* p, int64_t v) noexcept:
  *     p[0] = <char>0xd3             # <<<<<<<<<<<<<<
@@ -3536,7 +3666,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_int(char *__p
 */
   (__pyx_v_p[0]) = ((char)0xd3);
 
-  /* "turbo_queue/_kafka_codec.pyx":80
+  /* "turbo_queue/_kafka_codec.pyx":82
  * cdef inline char* _w_int(char* p, int64_t v) noexcept:
  *     p[0] = <char>0xd3
  *     return _be(p + 1, <uint64_t>v, 8)             # <<<<<<<<<<<<<<
@@ -3549,7 +3679,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_int(char *__p
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":78
+  /* "turbo_queue/_kafka_codec.pyx":80
  * 
  * 
  * cdef inline char* _w_int(char* p, int64_t v) noexcept:             # <<<<<<<<<<<<<<
@@ -3563,7 +3693,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_int(char *__p
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":83
+/* "turbo_queue/_kafka_codec.pyx":85
  * 
  * 
  * cdef inline char* _w_array(char* p, Py_ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -3575,7 +3705,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
   char *__pyx_r;
   int __pyx_t_1;
 
-  /* "turbo_queue/_kafka_codec.pyx":84
+  /* "turbo_queue/_kafka_codec.pyx":86
  * 
  * cdef inline char* _w_array(char* p, Py_ssize_t n) noexcept:
  *     if n < 16:             # <<<<<<<<<<<<<<
@@ -3587,7 +3717,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":85
+    /* "turbo_queue/_kafka_codec.pyx":87
  * cdef inline char* _w_array(char* p, Py_ssize_t n) noexcept:
  *     if n < 16:
  *         p[0] = <char>(0x90 | n)             # <<<<<<<<<<<<<<
@@ -3596,7 +3726,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
 */
     (__pyx_v_p[0]) = ((char)(0x90 | __pyx_v_n));
 
-    /* "turbo_queue/_kafka_codec.pyx":86
+    /* "turbo_queue/_kafka_codec.pyx":88
  *     if n < 16:
  *         p[0] = <char>(0x90 | n)
  *         return p + 1             # <<<<<<<<<<<<<<
@@ -3609,7 +3739,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
     }
     goto __pyx_L0;
 
-    /* "turbo_queue/_kafka_codec.pyx":84
+    /* "turbo_queue/_kafka_codec.pyx":86
  * 
  * cdef inline char* _w_array(char* p, Py_ssize_t n) noexcept:
  *     if n < 16:             # <<<<<<<<<<<<<<
@@ -3618,7 +3748,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
 */
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":87
+  /* "turbo_queue/_kafka_codec.pyx":89
  *         p[0] = <char>(0x90 | n)
  *         return p + 1
  *     if n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3630,7 +3760,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
   if (__pyx_t_1) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":88
+    /* "turbo_queue/_kafka_codec.pyx":90
  *         return p + 1
  *     if n < 0x10000:
  *         p[0] = <char>0xdc             # <<<<<<<<<<<<<<
@@ -3639,7 +3769,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
 */
     (__pyx_v_p[0]) = ((char)0xdc);
 
-    /* "turbo_queue/_kafka_codec.pyx":89
+    /* "turbo_queue/_kafka_codec.pyx":91
  *     if n < 0x10000:
  *         p[0] = <char>0xdc
  *         return _be(p + 1, n, 2)             # <<<<<<<<<<<<<<
@@ -3652,7 +3782,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
     }
     goto __pyx_L0;
 
-    /* "turbo_queue/_kafka_codec.pyx":87
+    /* "turbo_queue/_kafka_codec.pyx":89
  *         p[0] = <char>(0x90 | n)
  *         return p + 1
  *     if n < 0x10000:             # <<<<<<<<<<<<<<
@@ -3661,7 +3791,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
 */
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":90
+  /* "turbo_queue/_kafka_codec.pyx":92
  *         p[0] = <char>0xdc
  *         return _be(p + 1, n, 2)
  *     p[0] = <char>0xdd             # <<<<<<<<<<<<<<
@@ -3670,7 +3800,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
 */
   (__pyx_v_p[0]) = ((char)0xdd);
 
-  /* "turbo_queue/_kafka_codec.pyx":91
+  /* "turbo_queue/_kafka_codec.pyx":93
  *         return _be(p + 1, n, 2)
  *     p[0] = <char>0xdd
  *     return _be(p + 1, n, 4)             # <<<<<<<<<<<<<<
@@ -3683,7 +3813,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":83
+  /* "turbo_queue/_kafka_codec.pyx":85
  * 
  * 
  * cdef inline char* _w_array(char* p, Py_ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -3697,7 +3827,7 @@ static CYTHON_INLINE char *__pyx_f_11turbo_queue_12_kafka_codec__w_array(char *_
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":94
+/* "turbo_queue/_kafka_codec.pyx":96
  * 
  * 
  * cdef inline Py_ssize_t _array_size(Py_ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -3712,7 +3842,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__array_size
   Py_ssize_t __pyx_t_3;
   int __pyx_t_4;
 
-  /* "turbo_queue/_kafka_codec.pyx":95
+  /* "turbo_queue/_kafka_codec.pyx":97
  * 
  * cdef inline Py_ssize_t _array_size(Py_ssize_t n) noexcept:
  *     return 1 if n < 16 else 3 if n < 0x10000 else 5             # <<<<<<<<<<<<<<
@@ -3743,7 +3873,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__array_size
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":94
+  /* "turbo_queue/_kafka_codec.pyx":96
  * 
  * 
  * cdef inline Py_ssize_t _array_size(Py_ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -3757,7 +3887,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_11turbo_queue_12_kafka_codec__array_size
   return __pyx_r;
 }
 
-/* "turbo_queue/_kafka_codec.pyx":98
+/* "turbo_queue/_kafka_codec.pyx":100
  * 
  * 
  * def pack_messages(list msgs, list errors):             # <<<<<<<<<<<<<<
@@ -3806,39 +3936,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_msgs,&__pyx_mstate_global->__pyx_n_u_errors,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 98, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 100, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 98, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 100, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 98, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 100, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pack_messages", 0) < (0)) __PYX_ERR(0, 98, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pack_messages", 0) < (0)) __PYX_ERR(0, 100, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pack_messages", 1, 2, 2, i); __PYX_ERR(0, 98, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pack_messages", 1, 2, 2, i); __PYX_ERR(0, 100, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 98, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 100, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 98, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 100, __pyx_L3_error)
     }
     __pyx_v_msgs = ((PyObject*)values[0]);
     __pyx_v_errors = ((PyObject*)values[1]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pack_messages", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 98, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pack_messages", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 100, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3849,8 +3979,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_msgs), (&PyList_Type), 1, "msgs", 1))) __PYX_ERR(0, 98, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_errors), (&PyList_Type), 1, "errors", 1))) __PYX_ERR(0, 98, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_msgs), (&PyList_Type), 1, "msgs", 1))) __PYX_ERR(0, 100, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_errors), (&PyList_Type), 1, "errors", 1))) __PYX_ERR(0, 100, __pyx_L1_error)
   __pyx_r = __pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(__pyx_self, __pyx_v_msgs, __pyx_v_errors);
 
   /* function exit code */
@@ -3925,19 +4055,19 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pack_messages", 0);
 
-  /* "turbo_queue/_kafka_codec.pyx":101
+  /* "turbo_queue/_kafka_codec.pyx":103
  *     """Pack every message of `msgs` without an error into a list of bytes; messages whose
  *     ``error()`` is set are appended to `errors` instead."""
  *     cdef list out = []             # <<<<<<<<<<<<<<
  *     cdef object last_topic = None
  *     cdef bytes topic_b = b""
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 101, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 103, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_out = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":102
+  /* "turbo_queue/_kafka_codec.pyx":104
  *     ``error()`` is set are appended to `errors` instead."""
  *     cdef list out = []
  *     cdef object last_topic = None             # <<<<<<<<<<<<<<
@@ -3947,7 +4077,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   __Pyx_INCREF(Py_None);
   __pyx_v_last_topic = Py_None;
 
-  /* "turbo_queue/_kafka_codec.pyx":103
+  /* "turbo_queue/_kafka_codec.pyx":105
  *     cdef list out = []
  *     cdef object last_topic = None
  *     cdef bytes topic_b = b""             # <<<<<<<<<<<<<<
@@ -3957,7 +4087,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   __Pyx_INCREF(__pyx_mstate_global->__pyx_kp_b__2);
   __pyx_v_topic_b = __pyx_mstate_global->__pyx_kp_b__2;
 
-  /* "turbo_queue/_kafka_codec.pyx":108
+  /* "turbo_queue/_kafka_codec.pyx":110
  *     cdef bytes b
  *     cdef char* p
  *     if not msgs:             # <<<<<<<<<<<<<<
@@ -3968,7 +4098,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   else
   {
     Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_v_msgs);
-    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 108, __pyx_L1_error)
+    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 110, __pyx_L1_error)
     __pyx_t_2 = (__pyx_temp != 0);
   }
 
@@ -3978,7 +4108,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   if (__pyx_t_3) {
 
 
-    /* "turbo_queue/_kafka_codec.pyx":109
+    /* "turbo_queue/_kafka_codec.pyx":111
  *     cdef char* p
  *     if not msgs:
  *         return out             # <<<<<<<<<<<<<<
@@ -3996,7 +4126,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     }
     goto __pyx_L0;
 
-    /* "turbo_queue/_kafka_codec.pyx":108
+    /* "turbo_queue/_kafka_codec.pyx":110
  *     cdef bytes b
  *     cdef char* p
  *     if not msgs:             # <<<<<<<<<<<<<<
@@ -4005,7 +4135,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
   }
 
-  /* "turbo_queue/_kafka_codec.pyx":112
+  /* "turbo_queue/_kafka_codec.pyx":114
  *     # The methods are taken from the type once and called unbound: no bound-method object per
  *     # call, which is a third of the cost of each call.
  *     cls = type(msgs[0])             # <<<<<<<<<<<<<<
@@ -4014,28 +4144,28 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
   if (unlikely(__pyx_v_msgs == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 112, __pyx_L1_error)
+    __PYX_ERR(0, 114, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_GetItemInt_List(__pyx_v_msgs, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 112, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt_List(__pyx_v_msgs, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(((PyObject *)Py_TYPE(__pyx_t_1)));
   __pyx_v_cls = ((PyTypeObject*)((PyObject *)Py_TYPE(__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":113
+  /* "turbo_queue/_kafka_codec.pyx":115
  *     # call, which is a third of the cost of each call.
  *     cls = type(msgs[0])
  *     error_of, value_of, key_of, headers_of = cls.error, cls.value, cls.key, cls.headers             # <<<<<<<<<<<<<<
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset
  *     for m in msgs:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_error); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_error); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_key); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_key); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_headers); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_headers); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_v_error_of = __pyx_t_1;
   __pyx_t_1 = 0;
@@ -4046,20 +4176,20 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   __pyx_v_headers_of = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":114
+  /* "turbo_queue/_kafka_codec.pyx":116
  *     cls = type(msgs[0])
  *     error_of, value_of, key_of, headers_of = cls.error, cls.value, cls.key, cls.headers
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset             # <<<<<<<<<<<<<<
  *     for m in msgs:
  *         if type(m) is not cls:
 */
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_timestamp); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_timestamp); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_topic); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_topic); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_partition); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_partition); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_offset); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_offset); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_timestamp_of = __pyx_t_6;
   __pyx_t_6 = 0;
@@ -4070,7 +4200,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   __pyx_v_offset_of = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":115
+  /* "turbo_queue/_kafka_codec.pyx":117
  *     error_of, value_of, key_of, headers_of = cls.error, cls.value, cls.key, cls.headers
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset
  *     for m in msgs:             # <<<<<<<<<<<<<<
@@ -4079,7 +4209,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
   if (unlikely(__pyx_v_msgs == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-    __PYX_ERR(0, 115, __pyx_L1_error)
+    __PYX_ERR(0, 117, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_v_msgs; __Pyx_INCREF(__pyx_t_1);
   __pyx_t_7 = 0;
@@ -4087,18 +4217,18 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     {
       Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
       #if !CYTHON_ASSUME_SAFE_SIZE
-      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 115, __pyx_L1_error)
+      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 117, __pyx_L1_error)
       #endif
       if (__pyx_t_7 >= __pyx_temp) break;
     }
     __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_7, __Pyx_ReferenceSharing_OwnStrongReference);
     ++__pyx_t_7;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 115, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 117, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_XDECREF_SET(__pyx_v_m, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":116
+    /* "turbo_queue/_kafka_codec.pyx":118
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset
  *     for m in msgs:
  *         if type(m) is not cls:             # <<<<<<<<<<<<<<
@@ -4109,7 +4239,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":117
+      /* "turbo_queue/_kafka_codec.pyx":119
  *     for m in msgs:
  *         if type(m) is not cls:
  *             raise TypeError(f"pack_messages: {type(m).__name__} among {cls.__name__} messages")             # <<<<<<<<<<<<<<
@@ -4117,14 +4247,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
  *             errors.append(m)
 */
       __pyx_t_5 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_m)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 117, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_m)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 119, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 117, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 119, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 117, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_cls), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 119, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 117, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 119, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_pack_messages;
@@ -4141,7 +4271,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_10[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_10[3]);
       #endif
       __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_10, 5, __pyx_t_11, __pyx_t_12);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 117, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 119, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
@@ -4151,14 +4281,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 117, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 119, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 117, __pyx_L1_error)
+      __PYX_ERR(0, 119, __pyx_L1_error)
 
-      /* "turbo_queue/_kafka_codec.pyx":116
+      /* "turbo_queue/_kafka_codec.pyx":118
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset
  *     for m in msgs:
  *         if type(m) is not cls:             # <<<<<<<<<<<<<<
@@ -4167,7 +4297,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":118
+    /* "turbo_queue/_kafka_codec.pyx":120
  *         if type(m) is not cls:
  *             raise TypeError(f"pack_messages: {type(m).__name__} among {cls.__name__} messages")
  *         if error_of(m) is not None:             # <<<<<<<<<<<<<<
@@ -4194,7 +4324,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 118, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 120, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __pyx_t_3 = (__pyx_t_4 != Py_None);
@@ -4202,7 +4332,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     if (__pyx_t_3) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":119
+      /* "turbo_queue/_kafka_codec.pyx":121
  *             raise TypeError(f"pack_messages: {type(m).__name__} among {cls.__name__} messages")
  *         if error_of(m) is not None:
  *             errors.append(m)             # <<<<<<<<<<<<<<
@@ -4211,12 +4341,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       if (unlikely(__pyx_v_errors == Py_None)) {
         PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-        __PYX_ERR(0, 119, __pyx_L1_error)
+        __PYX_ERR(0, 121, __pyx_L1_error)
       }
-      __pyx_t_14 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_v_m); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 119, __pyx_L1_error)
+      __pyx_t_14 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_v_m); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 121, __pyx_L1_error)
 
 
-      /* "turbo_queue/_kafka_codec.pyx":120
+      /* "turbo_queue/_kafka_codec.pyx":122
  *         if error_of(m) is not None:
  *             errors.append(m)
  *             continue             # <<<<<<<<<<<<<<
@@ -4225,7 +4355,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       goto __pyx_L4_continue;
 
-      /* "turbo_queue/_kafka_codec.pyx":118
+      /* "turbo_queue/_kafka_codec.pyx":120
  *         if type(m) is not cls:
  *             raise TypeError(f"pack_messages: {type(m).__name__} among {cls.__name__} messages")
  *         if error_of(m) is not None:             # <<<<<<<<<<<<<<
@@ -4234,7 +4364,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":121
+    /* "turbo_queue/_kafka_codec.pyx":123
  *             errors.append(m)
  *             continue
  *         value = value_of(m)             # <<<<<<<<<<<<<<
@@ -4261,13 +4391,13 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 121, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_XDECREF_SET(__pyx_v_value, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":122
+    /* "turbo_queue/_kafka_codec.pyx":124
  *             continue
  *         value = value_of(m)
  *         key = key_of(m)             # <<<<<<<<<<<<<<
@@ -4294,13 +4424,13 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":123
+    /* "turbo_queue/_kafka_codec.pyx":125
  *         value = value_of(m)
  *         key = key_of(m)
  *         headers = headers_of(m)             # <<<<<<<<<<<<<<
@@ -4327,13 +4457,13 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_XDECREF_SET(__pyx_v_headers, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":124
+    /* "turbo_queue/_kafka_codec.pyx":126
  *         key = key_of(m)
  *         headers = headers_of(m)
  *         kind, ts = timestamp_of(m)             # <<<<<<<<<<<<<<
@@ -4360,7 +4490,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     if ((likely(PyTuple_CheckExact(__pyx_t_4))) || (PyList_CheckExact(__pyx_t_4))) {
@@ -4369,7 +4499,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 124, __pyx_L1_error)
+        __PYX_ERR(0, 126, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -4379,22 +4509,22 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
         __Pyx_INCREF(__pyx_t_6);
       } else {
         __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 124, __pyx_L1_error)
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 126, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_5);
         __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 124, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 126, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_6);
       }
       #else
-      __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 124, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 126, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 124, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 126, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       #endif
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_9 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 124, __pyx_L1_error)
+      __pyx_t_9 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 126, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __pyx_t_15 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -4402,7 +4532,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __Pyx_GOTREF(__pyx_t_5);
       index = 1; __pyx_t_6 = __pyx_t_15(__pyx_t_9); if (unlikely(!__pyx_t_6)) goto __pyx_L8_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_6);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_15(__pyx_t_9), 2) < (0)) __PYX_ERR(0, 124, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_15(__pyx_t_9), 2) < (0)) __PYX_ERR(0, 126, __pyx_L1_error)
       __pyx_t_15 = NULL;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       goto __pyx_L9_unpacking_done;
@@ -4410,7 +4540,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __pyx_t_15 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 124, __pyx_L1_error)
+      __PYX_ERR(0, 126, __pyx_L1_error)
       __pyx_L9_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_kind, __pyx_t_5);
@@ -4418,7 +4548,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     __Pyx_XDECREF_SET(__pyx_v_ts, __pyx_t_6);
     __pyx_t_6 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":125
+    /* "turbo_queue/_kafka_codec.pyx":127
  *         headers = headers_of(m)
  *         kind, ts = timestamp_of(m)
  *         topic = topic_of(m)             # <<<<<<<<<<<<<<
@@ -4445,24 +4575,24 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_XDECREF_SET(__pyx_v_topic, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":126
+    /* "turbo_queue/_kafka_codec.pyx":128
  *         kind, ts = timestamp_of(m)
  *         topic = topic_of(m)
  *         if topic != last_topic:             # <<<<<<<<<<<<<<
  *             last_topic = topic
  *             topic_b = (<str>topic).encode("utf-8")
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_v_topic, __pyx_v_last_topic, Py_NE); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 126, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_v_topic, __pyx_v_last_topic, Py_NE); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 128, __pyx_L1_error)
     if (__pyx_t_3) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":127
+      /* "turbo_queue/_kafka_codec.pyx":129
  *         topic = topic_of(m)
  *         if topic != last_topic:
  *             last_topic = topic             # <<<<<<<<<<<<<<
@@ -4472,7 +4602,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __Pyx_INCREF(__pyx_v_topic);
       __Pyx_DECREF_SET(__pyx_v_last_topic, __pyx_v_topic);
 
-      /* "turbo_queue/_kafka_codec.pyx":128
+      /* "turbo_queue/_kafka_codec.pyx":130
  *         if topic != last_topic:
  *             last_topic = topic
  *             topic_b = (<str>topic).encode("utf-8")             # <<<<<<<<<<<<<<
@@ -4481,14 +4611,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       if (unlikely(__pyx_v_topic == Py_None)) {
         PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-        __PYX_ERR(0, 128, __pyx_L1_error)
+        __PYX_ERR(0, 130, __pyx_L1_error)
       }
-      __pyx_t_4 = PyUnicode_AsUTF8String(((PyObject*)__pyx_v_topic)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 128, __pyx_L1_error)
+      __pyx_t_4 = PyUnicode_AsUTF8String(((PyObject*)__pyx_v_topic)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 130, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF_SET(__pyx_v_topic_b, ((PyObject*)__pyx_t_4));
       __pyx_t_4 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":126
+      /* "turbo_queue/_kafka_codec.pyx":128
  *         kind, ts = timestamp_of(m)
  *         topic = topic_of(m)
  *         if topic != last_topic:             # <<<<<<<<<<<<<<
@@ -4497,16 +4627,16 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":129
+    /* "turbo_queue/_kafka_codec.pyx":131
  *             last_topic = topic
  *             topic_b = (<str>topic).encode("utf-8")
  *         size = 1 + _bin_size(value) + _bin_size(key) + (1 if kind == 0 else 9) + _str_size(topic_b) + 18             # <<<<<<<<<<<<<<
  *         if headers is None:
  *             size += 1
 */
-    __pyx_t_11 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_value); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 129, __pyx_L1_error)
-    __pyx_t_16 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_key); if (unlikely(__pyx_t_16 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 129, __pyx_L1_error)
-    __pyx_t_3 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_kind, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 129, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_value); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 131, __pyx_L1_error)
+    __pyx_t_16 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_key); if (unlikely(__pyx_t_16 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 131, __pyx_L1_error)
+    __pyx_t_3 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_kind, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 131, __pyx_L1_error)
     if (__pyx_t_3) {
 
       __pyx_t_17 = 1;
@@ -4515,14 +4645,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_17 = 9;
     }
 
-    __pyx_t_18 = __pyx_f_11turbo_queue_12_kafka_codec__str_size(__pyx_v_topic_b); if (unlikely(__pyx_t_18 == ((Py_ssize_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 129, __pyx_L1_error)
+    __pyx_t_18 = __pyx_f_11turbo_queue_12_kafka_codec__str_size(__pyx_v_topic_b); if (unlikely(__pyx_t_18 == ((Py_ssize_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 131, __pyx_L1_error)
     __pyx_v_size = (((((1 + __pyx_t_11) + __pyx_t_16) + __pyx_t_17) + __pyx_t_18) + 18);
 
 
 
 
 
-    /* "turbo_queue/_kafka_codec.pyx":130
+    /* "turbo_queue/_kafka_codec.pyx":132
  *             topic_b = (<str>topic).encode("utf-8")
  *         size = 1 + _bin_size(value) + _bin_size(key) + (1 if kind == 0 else 9) + _str_size(topic_b) + 18
  *         if headers is None:             # <<<<<<<<<<<<<<
@@ -4533,7 +4663,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     if (__pyx_t_3) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":131
+      /* "turbo_queue/_kafka_codec.pyx":133
  *         size = 1 + _bin_size(value) + _bin_size(key) + (1 if kind == 0 else 9) + _str_size(topic_b) + 18
  *         if headers is None:
  *             size += 1             # <<<<<<<<<<<<<<
@@ -4542,7 +4672,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       __pyx_v_size = (__pyx_v_size + 1);
 
-      /* "turbo_queue/_kafka_codec.pyx":130
+      /* "turbo_queue/_kafka_codec.pyx":132
  *             topic_b = (<str>topic).encode("utf-8")
  *         size = 1 + _bin_size(value) + _bin_size(key) + (1 if kind == 0 else 9) + _str_size(topic_b) + 18
  *         if headers is None:             # <<<<<<<<<<<<<<
@@ -4552,7 +4682,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       goto __pyx_L11;
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":133
+    /* "turbo_queue/_kafka_codec.pyx":135
  *             size += 1
  *         else:
  *             nh = len(headers)             # <<<<<<<<<<<<<<
@@ -4560,29 +4690,29 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
  *             size += _array_size(nh)
 */
     /*else*/ {
-      __pyx_t_18 = PyObject_Length(__pyx_v_headers); if (unlikely(__pyx_t_18 == ((Py_ssize_t)-1))) __PYX_ERR(0, 133, __pyx_L1_error)
+      __pyx_t_18 = PyObject_Length(__pyx_v_headers); if (unlikely(__pyx_t_18 == ((Py_ssize_t)-1))) __PYX_ERR(0, 135, __pyx_L1_error)
       __pyx_v_nh = __pyx_t_18;
 
-      /* "turbo_queue/_kafka_codec.pyx":134
+      /* "turbo_queue/_kafka_codec.pyx":136
  *         else:
  *             nh = len(headers)
  *             header_keys = [None] * nh             # <<<<<<<<<<<<<<
  *             size += _array_size(nh)
  *             for i in range(nh):
 */
-      __pyx_t_4 = PyList_New(1 * ((__pyx_v_nh<0) ? 0:__pyx_v_nh)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+      __pyx_t_4 = PyList_New(1 * ((__pyx_v_nh<0) ? 0:__pyx_v_nh)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       { Py_ssize_t __pyx_temp;
         for (__pyx_temp=0; __pyx_temp < __pyx_v_nh; __pyx_temp++) {
           __Pyx_INCREF(Py_None);
           __Pyx_GIVEREF(Py_None);
-          if (__Pyx_PyList_SET_ITEM(__pyx_t_4, __pyx_temp, Py_None) != (0)) __PYX_ERR(0, 134, __pyx_L1_error);
+          if (__Pyx_PyList_SET_ITEM(__pyx_t_4, __pyx_temp, Py_None) != (0)) __PYX_ERR(0, 136, __pyx_L1_error);
         }
       }
       __Pyx_XDECREF_SET(__pyx_v_header_keys, ((PyObject*)__pyx_t_4));
       __pyx_t_4 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":135
+      /* "turbo_queue/_kafka_codec.pyx":137
  *             nh = len(headers)
  *             header_keys = [None] * nh
  *             size += _array_size(nh)             # <<<<<<<<<<<<<<
@@ -4591,7 +4721,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       __pyx_v_size = (__pyx_v_size + __pyx_f_11turbo_queue_12_kafka_codec__array_size(__pyx_v_nh));
 
-      /* "turbo_queue/_kafka_codec.pyx":136
+      /* "turbo_queue/_kafka_codec.pyx":138
  *             header_keys = [None] * nh
  *             size += _array_size(nh)
  *             for i in range(nh):             # <<<<<<<<<<<<<<
@@ -4605,14 +4735,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_17; __pyx_t_16+=1) {
         __pyx_v_i = __pyx_t_16;
 
-        /* "turbo_queue/_kafka_codec.pyx":137
+        /* "turbo_queue/_kafka_codec.pyx":139
  *             size += _array_size(nh)
  *             for i in range(nh):
  *                 hk, hv = headers[i]             # <<<<<<<<<<<<<<
  *                 header_keys[i] = (<str>hk).encode("utf-8")
  *                 size += 1 + _str_size(header_keys[i]) + _bin_size(hv)
 */
-        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_headers, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_headers, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         if ((likely(PyTuple_CheckExact(__pyx_t_4))) || (PyList_CheckExact(__pyx_t_4))) {
           PyObject* sequence = __pyx_t_4;
@@ -4620,7 +4750,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
           if (unlikely(size != 2)) {
             if (size > 2) __Pyx_RaiseTooManyValuesError(2);
             else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-            __PYX_ERR(0, 137, __pyx_L1_error)
+            __PYX_ERR(0, 139, __pyx_L1_error)
           }
           #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
           if (likely(PyTuple_CheckExact(sequence))) {
@@ -4630,22 +4760,22 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
             __Pyx_INCREF(__pyx_t_6);
           } else {
             __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 137, __pyx_L1_error)
+            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 139, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_5);
             __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-            if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 137, __pyx_L1_error)
+            if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 139, __pyx_L1_error)
             __Pyx_XGOTREF(__pyx_t_6);
           }
           #else
-          __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 137, __pyx_L1_error)
+          __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 139, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_5);
-          __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 137, __pyx_L1_error)
+          __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 139, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_6);
           #endif
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         } else {
           Py_ssize_t index = -1;
-          __pyx_t_9 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 137, __pyx_L1_error)
+          __pyx_t_9 = PyObject_GetIter(__pyx_t_4); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 139, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __pyx_t_15 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -4653,7 +4783,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
           __Pyx_GOTREF(__pyx_t_5);
           index = 1; __pyx_t_6 = __pyx_t_15(__pyx_t_9); if (unlikely(!__pyx_t_6)) goto __pyx_L14_unpacking_failed;
           __Pyx_GOTREF(__pyx_t_6);
-          if (__Pyx_IternextUnpackEndCheck(__pyx_t_15(__pyx_t_9), 2) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+          if (__Pyx_IternextUnpackEndCheck(__pyx_t_15(__pyx_t_9), 2) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
           __pyx_t_15 = NULL;
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
           goto __pyx_L15_unpacking_done;
@@ -4661,7 +4791,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
           __pyx_t_15 = NULL;
           if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-          __PYX_ERR(0, 137, __pyx_L1_error)
+          __PYX_ERR(0, 139, __pyx_L1_error)
           __pyx_L15_unpacking_done:;
         }
         __Pyx_XDECREF_SET(__pyx_v_hk, __pyx_t_5);
@@ -4669,7 +4799,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
         __Pyx_XDECREF_SET(__pyx_v_hv, __pyx_t_6);
         __pyx_t_6 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":138
+        /* "turbo_queue/_kafka_codec.pyx":140
  *             for i in range(nh):
  *                 hk, hv = headers[i]
  *                 header_keys[i] = (<str>hk).encode("utf-8")             # <<<<<<<<<<<<<<
@@ -4678,26 +4808,26 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
         if (unlikely(__pyx_v_hk == Py_None)) {
           PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "encode");
-          __PYX_ERR(0, 138, __pyx_L1_error)
+          __PYX_ERR(0, 140, __pyx_L1_error)
         }
-        __pyx_t_4 = PyUnicode_AsUTF8String(((PyObject*)__pyx_v_hk)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+        __pyx_t_4 = PyUnicode_AsUTF8String(((PyObject*)__pyx_v_hk)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        if (unlikely((__Pyx_SetItemInt(__pyx_v_header_keys, __pyx_v_i, __pyx_t_4, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 138, __pyx_L1_error)
+        if (unlikely((__Pyx_SetItemInt(__pyx_v_header_keys, __pyx_v_i, __pyx_t_4, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 140, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":139
+        /* "turbo_queue/_kafka_codec.pyx":141
  *                 hk, hv = headers[i]
  *                 header_keys[i] = (<str>hk).encode("utf-8")
  *                 size += 1 + _str_size(header_keys[i]) + _bin_size(hv)             # <<<<<<<<<<<<<<
  *         b = PyBytes_FromStringAndSize(NULL, size)
  *         p = PyBytes_AS_STRING(b)
 */
-        __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_header_keys, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_header_keys, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        if (!(likely(PyBytes_CheckExact(__pyx_t_4))||((__pyx_t_4) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_4))) __PYX_ERR(0, 139, __pyx_L1_error)
-        __pyx_t_11 = __pyx_f_11turbo_queue_12_kafka_codec__str_size(((PyObject*)__pyx_t_4)); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 139, __pyx_L1_error)
+        if (!(likely(PyBytes_CheckExact(__pyx_t_4))||((__pyx_t_4) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_4))) __PYX_ERR(0, 141, __pyx_L1_error)
+        __pyx_t_11 = __pyx_f_11turbo_queue_12_kafka_codec__str_size(((PyObject*)__pyx_t_4)); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 141, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        __pyx_t_19 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_hv); if (unlikely(__pyx_t_19 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 139, __pyx_L1_error)
+        __pyx_t_19 = __pyx_f_11turbo_queue_12_kafka_codec__bin_size(__pyx_v_hv); if (unlikely(__pyx_t_19 == ((Py_ssize_t)-1L))) __PYX_ERR(0, 141, __pyx_L1_error)
         __pyx_v_size = (__pyx_v_size + ((1 + __pyx_t_11) + __pyx_t_19));
 
 
@@ -4706,19 +4836,19 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     }
     __pyx_L11:;
 
-    /* "turbo_queue/_kafka_codec.pyx":140
+    /* "turbo_queue/_kafka_codec.pyx":142
  *                 header_keys[i] = (<str>hk).encode("utf-8")
  *                 size += 1 + _str_size(header_keys[i]) + _bin_size(hv)
  *         b = PyBytes_FromStringAndSize(NULL, size)             # <<<<<<<<<<<<<<
  *         p = PyBytes_AS_STRING(b)
  *         p[0] = <char>0x97  # fixarray of 7
 */
-    __pyx_t_4 = PyBytes_FromStringAndSize(NULL, __pyx_v_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
+    __pyx_t_4 = PyBytes_FromStringAndSize(NULL, __pyx_v_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_XDECREF_SET(__pyx_v_b, ((PyObject*)__pyx_t_4));
     __pyx_t_4 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":141
+    /* "turbo_queue/_kafka_codec.pyx":143
  *                 size += 1 + _str_size(header_keys[i]) + _bin_size(hv)
  *         b = PyBytes_FromStringAndSize(NULL, size)
  *         p = PyBytes_AS_STRING(b)             # <<<<<<<<<<<<<<
@@ -4727,7 +4857,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     __pyx_v_p = PyBytes_AS_STRING(__pyx_v_b);
 
-    /* "turbo_queue/_kafka_codec.pyx":142
+    /* "turbo_queue/_kafka_codec.pyx":144
  *         b = PyBytes_FromStringAndSize(NULL, size)
  *         p = PyBytes_AS_STRING(b)
  *         p[0] = <char>0x97  # fixarray of 7             # <<<<<<<<<<<<<<
@@ -4736,7 +4866,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     (__pyx_v_p[0]) = ((char)0x97);
 
-    /* "turbo_queue/_kafka_codec.pyx":143
+    /* "turbo_queue/_kafka_codec.pyx":145
  *         p = PyBytes_AS_STRING(b)
  *         p[0] = <char>0x97  # fixarray of 7
  *         p = _w_bin(p + 1, value)             # <<<<<<<<<<<<<<
@@ -4745,7 +4875,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_bin((__pyx_v_p + 1), __pyx_v_value);
 
-    /* "turbo_queue/_kafka_codec.pyx":144
+    /* "turbo_queue/_kafka_codec.pyx":146
  *         p[0] = <char>0x97  # fixarray of 7
  *         p = _w_bin(p + 1, value)
  *         p = _w_bin(p, key)             # <<<<<<<<<<<<<<
@@ -4754,7 +4884,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_bin(__pyx_v_p, __pyx_v_key);
 
-    /* "turbo_queue/_kafka_codec.pyx":145
+    /* "turbo_queue/_kafka_codec.pyx":147
  *         p = _w_bin(p + 1, value)
  *         p = _w_bin(p, key)
  *         if headers is None:             # <<<<<<<<<<<<<<
@@ -4765,7 +4895,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     if (__pyx_t_3) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":146
+      /* "turbo_queue/_kafka_codec.pyx":148
  *         p = _w_bin(p, key)
  *         if headers is None:
  *             p[0] = <char>NIL             # <<<<<<<<<<<<<<
@@ -4774,7 +4904,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       (__pyx_v_p[0]) = ((char)__pyx_e_11turbo_queue_12_kafka_codec_NIL);
 
-      /* "turbo_queue/_kafka_codec.pyx":147
+      /* "turbo_queue/_kafka_codec.pyx":149
  *         if headers is None:
  *             p[0] = <char>NIL
  *             p += 1             # <<<<<<<<<<<<<<
@@ -4783,7 +4913,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       __pyx_v_p = (__pyx_v_p + 1);
 
-      /* "turbo_queue/_kafka_codec.pyx":145
+      /* "turbo_queue/_kafka_codec.pyx":147
  *         p = _w_bin(p + 1, value)
  *         p = _w_bin(p, key)
  *         if headers is None:             # <<<<<<<<<<<<<<
@@ -4793,7 +4923,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       goto __pyx_L16;
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":149
+    /* "turbo_queue/_kafka_codec.pyx":151
  *             p += 1
  *         else:
  *             p = _w_array(p, nh)             # <<<<<<<<<<<<<<
@@ -4803,7 +4933,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     /*else*/ {
       __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_array(__pyx_v_p, __pyx_v_nh);
 
-      /* "turbo_queue/_kafka_codec.pyx":150
+      /* "turbo_queue/_kafka_codec.pyx":152
  *         else:
  *             p = _w_array(p, nh)
  *             for i in range(nh):             # <<<<<<<<<<<<<<
@@ -4817,7 +4947,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_17; __pyx_t_16+=1) {
         __pyx_v_i = __pyx_t_16;
 
-        /* "turbo_queue/_kafka_codec.pyx":151
+        /* "turbo_queue/_kafka_codec.pyx":153
  *             p = _w_array(p, nh)
  *             for i in range(nh):
  *                 p[0] = <char>0x92             # <<<<<<<<<<<<<<
@@ -4826,29 +4956,29 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
         (__pyx_v_p[0]) = ((char)0x92);
 
-        /* "turbo_queue/_kafka_codec.pyx":152
+        /* "turbo_queue/_kafka_codec.pyx":154
  *             for i in range(nh):
  *                 p[0] = <char>0x92
  *                 p = _w_str(p + 1, <bytes>header_keys[i])             # <<<<<<<<<<<<<<
  *                 p = _w_bin(p, headers[i][1])
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE
 */
-        if (unlikely(!__pyx_v_header_keys)) { __Pyx_RaiseUnboundLocalError("header_keys"); __PYX_ERR(0, 152, __pyx_L1_error) }
-        __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_header_keys, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 152, __pyx_L1_error)
+        if (unlikely(!__pyx_v_header_keys)) { __Pyx_RaiseUnboundLocalError("header_keys"); __PYX_ERR(0, 154, __pyx_L1_error) }
+        __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_header_keys, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 154, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_str((__pyx_v_p + 1), ((PyObject*)__pyx_t_4));
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":153
+        /* "turbo_queue/_kafka_codec.pyx":155
  *                 p[0] = <char>0x92
  *                 p = _w_str(p + 1, <bytes>header_keys[i])
  *                 p = _w_bin(p, headers[i][1])             # <<<<<<<<<<<<<<
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE
  *             p[0] = <char>NIL
 */
-        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_headers, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 153, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_headers, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 155, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_4, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 153, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_4, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 155, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_bin(__pyx_v_p, __pyx_t_6);
@@ -4858,18 +4988,18 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
     }
     __pyx_L16:;
 
-    /* "turbo_queue/_kafka_codec.pyx":154
+    /* "turbo_queue/_kafka_codec.pyx":156
  *                 p = _w_str(p + 1, <bytes>header_keys[i])
  *                 p = _w_bin(p, headers[i][1])
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE             # <<<<<<<<<<<<<<
  *             p[0] = <char>NIL
  *             p += 1
 */
-    __pyx_t_3 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_kind, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 154, __pyx_L1_error)
+    __pyx_t_3 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_kind, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 156, __pyx_L1_error)
     if (__pyx_t_3) {
 
 
-      /* "turbo_queue/_kafka_codec.pyx":155
+      /* "turbo_queue/_kafka_codec.pyx":157
  *                 p = _w_bin(p, headers[i][1])
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE
  *             p[0] = <char>NIL             # <<<<<<<<<<<<<<
@@ -4878,7 +5008,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       (__pyx_v_p[0]) = ((char)__pyx_e_11turbo_queue_12_kafka_codec_NIL);
 
-      /* "turbo_queue/_kafka_codec.pyx":156
+      /* "turbo_queue/_kafka_codec.pyx":158
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE
  *             p[0] = <char>NIL
  *             p += 1             # <<<<<<<<<<<<<<
@@ -4887,7 +5017,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
       __pyx_v_p = (__pyx_v_p + 1);
 
-      /* "turbo_queue/_kafka_codec.pyx":154
+      /* "turbo_queue/_kafka_codec.pyx":156
  *                 p = _w_str(p + 1, <bytes>header_keys[i])
  *                 p = _w_bin(p, headers[i][1])
  *         if kind == 0:  # TIMESTAMP_NOT_AVAILABLE             # <<<<<<<<<<<<<<
@@ -4897,7 +5027,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       goto __pyx_L19;
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":158
+    /* "turbo_queue/_kafka_codec.pyx":160
  *             p += 1
  *         else:
  *             p = _w_int(p, ts)             # <<<<<<<<<<<<<<
@@ -4905,13 +5035,13 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
  *         p = _w_int(p, partition_of(m))
 */
     /*else*/ {
-      __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_v_ts); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 158, __pyx_L1_error)
+      __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_v_ts); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 160, __pyx_L1_error)
       __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_int(__pyx_v_p, __pyx_t_20);
 
     }
     __pyx_L19:;
 
-    /* "turbo_queue/_kafka_codec.pyx":159
+    /* "turbo_queue/_kafka_codec.pyx":161
  *         else:
  *             p = _w_int(p, ts)
  *         p = _w_str(p, topic_b)             # <<<<<<<<<<<<<<
@@ -4920,7 +5050,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
 */
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_str(__pyx_v_p, __pyx_v_topic_b);
 
-    /* "turbo_queue/_kafka_codec.pyx":160
+    /* "turbo_queue/_kafka_codec.pyx":162
  *             p = _w_int(p, ts)
  *         p = _w_str(p, topic_b)
  *         p = _w_int(p, partition_of(m))             # <<<<<<<<<<<<<<
@@ -4947,15 +5077,15 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 160, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 162, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
-    __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_t_6); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 160, __pyx_L1_error)
+    __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_t_6); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 162, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_int(__pyx_v_p, __pyx_t_20);
 
 
-    /* "turbo_queue/_kafka_codec.pyx":161
+    /* "turbo_queue/_kafka_codec.pyx":163
  *         p = _w_str(p, topic_b)
  *         p = _w_int(p, partition_of(m))
  *         p = _w_int(p, offset_of(m))             # <<<<<<<<<<<<<<
@@ -4982,24 +5112,25 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 161, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 163, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
-    __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_t_6); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 161, __pyx_L1_error)
+    __pyx_t_20 = __Pyx_PyLong_As_int64_t(__pyx_t_6); if (unlikely((__pyx_t_20 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 163, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_v_p = __pyx_f_11turbo_queue_12_kafka_codec__w_int(__pyx_v_p, __pyx_t_20);
 
 
-    /* "turbo_queue/_kafka_codec.pyx":162
+    /* "turbo_queue/_kafka_codec.pyx":164
  *         p = _w_int(p, partition_of(m))
  *         p = _w_int(p, offset_of(m))
  *         out.append(b)             # <<<<<<<<<<<<<<
  *     return out
+ * 
 */
-    __pyx_t_14 = __Pyx_PyList_Append(__pyx_v_out, __pyx_v_b); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 162, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyList_Append(__pyx_v_out, __pyx_v_b); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 164, __pyx_L1_error)
 
 
-    /* "turbo_queue/_kafka_codec.pyx":115
+    /* "turbo_queue/_kafka_codec.pyx":117
  *     error_of, value_of, key_of, headers_of = cls.error, cls.value, cls.key, cls.headers
  *     timestamp_of, topic_of, partition_of, offset_of = cls.timestamp, cls.topic, cls.partition, cls.offset
  *     for m in msgs:             # <<<<<<<<<<<<<<
@@ -5010,10 +5141,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "turbo_queue/_kafka_codec.pyx":163
+  /* "turbo_queue/_kafka_codec.pyx":165
  *         p = _w_int(p, offset_of(m))
  *         out.append(b)
  *     return out             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
   {
     PyObject *__pyx_temp;
@@ -5026,7 +5159,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   }
   goto __pyx_L0;
 
-  /* "turbo_queue/_kafka_codec.pyx":98
+  /* "turbo_queue/_kafka_codec.pyx":100
  * 
  * 
  * def pack_messages(list msgs, list errors):             # <<<<<<<<<<<<<<
@@ -5072,6 +5205,2514 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_pack_messages(CYTHON_UNUS
   __Pyx_XDECREF(__pyx_v_topic);
   __Pyx_XDECREF(__pyx_v_hk);
   __Pyx_XDECREF(__pyx_v_hv);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "turbo_queue/_kafka_codec.pyx":170
+ * # -- reading: the sink and the workers read records back
+ * 
+ * cdef inline uint64_t _be_read(const unsigned char* p, int width) noexcept:             # <<<<<<<<<<<<<<
+ *     cdef uint64_t v = 0
+ *     cdef int i
+*/
+
+static CYTHON_INLINE uint64_t __pyx_f_11turbo_queue_12_kafka_codec__be_read(unsigned char const *__pyx_v_p, int __pyx_v_width) {
+  uint64_t __pyx_v_v;
+  int __pyx_v_i;
+  uint64_t __pyx_r;
+  int __pyx_t_1;
+  int __pyx_t_2;
+  int __pyx_t_3;
+
+  /* "turbo_queue/_kafka_codec.pyx":171
+ * 
+ * cdef inline uint64_t _be_read(const unsigned char* p, int width) noexcept:
+ *     cdef uint64_t v = 0             # <<<<<<<<<<<<<<
+ *     cdef int i
+ *     for i in range(width):
+*/
+  __pyx_v_v = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":173
+ *     cdef uint64_t v = 0
+ *     cdef int i
+ *     for i in range(width):             # <<<<<<<<<<<<<<
+ *         v = (v << 8) | p[i]
+ *     return v
+*/
+
+  __pyx_t_1 = __pyx_v_width;
+  __pyx_t_2 = __pyx_t_1;
+
+  for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
+    __pyx_v_i = __pyx_t_3;
+
+    /* "turbo_queue/_kafka_codec.pyx":174
+ *     cdef int i
+ *     for i in range(width):
+ *         v = (v << 8) | p[i]             # <<<<<<<<<<<<<<
+ *     return v
+ * 
+*/
+    __pyx_v_v = ((__pyx_v_v << 8) | (__pyx_v_p[__pyx_v_i]));
+  }
+
+
+  /* "turbo_queue/_kafka_codec.pyx":175
+ *     for i in range(width):
+ *         v = (v << 8) | p[i]
+ *     return v             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+
+    __pyx_r = __pyx_v_v;
+  }
+  goto __pyx_L0;
+
+  /* "turbo_queue/_kafka_codec.pyx":170
+ * # -- reading: the sink and the workers read records back
+ * 
+ * cdef inline uint64_t _be_read(const unsigned char* p, int width) noexcept:             # <<<<<<<<<<<<<<
+ *     cdef uint64_t v = 0
+ *     cdef int i
+*/
+
+  /* function exit code */
+  __pyx_L0:;
+
+
+
+  return __pyx_r;
+}
+
+/* "turbo_queue/_kafka_codec.pyx":178
+ * 
+ * 
+ * cdef object _read(const unsigned char** pp, const unsigned char* end, int depth):             # <<<<<<<<<<<<<<
+ *     """One msgpack object of the kinds a record holds: nil, bool, int, bin, str, array (as a
+ *     tuple). Anything else raises ValueError, and the caller falls back to msgpack itself."""
+*/
+
+static PyObject *__pyx_f_11turbo_queue_12_kafka_codec__read(unsigned char const **__pyx_v_pp, unsigned char const *__pyx_v_end, int __pyx_v_depth) {
+  unsigned char const *__pyx_v_p;
+  unsigned char __pyx_v_t;
+  Py_ssize_t __pyx_v_n;
+  Py_ssize_t __pyx_v_i;
+  int __pyx_v_width;
+  PyObject *__pyx_v_items = NULL;
+  PyObject *__pyx_v_item = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  long __pyx_t_6;
+  int __pyx_t_7;
+  Py_ssize_t __pyx_t_8;
+  Py_ssize_t __pyx_t_9;
+  Py_ssize_t __pyx_t_10;
+  PyObject *__pyx_t_11 = NULL;
+  PyObject *__pyx_t_12[3];
+  PyObject *__pyx_t_13 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_read", 0);
+
+  /* "turbo_queue/_kafka_codec.pyx":181
+ *     """One msgpack object of the kinds a record holds: nil, bool, int, bin, str, array (as a
+ *     tuple). Anything else raises ValueError, and the caller falls back to msgpack itself."""
+ *     cdef const unsigned char* p = pp[0]             # <<<<<<<<<<<<<<
+ *     cdef unsigned char t
+ *     cdef Py_ssize_t n = 0, i
+*/
+  __pyx_v_p = (__pyx_v_pp[0]);
+
+  /* "turbo_queue/_kafka_codec.pyx":183
+ *     cdef const unsigned char* p = pp[0]
+ *     cdef unsigned char t
+ *     cdef Py_ssize_t n = 0, i             # <<<<<<<<<<<<<<
+ *     cdef int width = 0
+ *     if p >= end or depth > 4:
+*/
+  __pyx_v_n = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":184
+ *     cdef unsigned char t
+ *     cdef Py_ssize_t n = 0, i
+ *     cdef int width = 0             # <<<<<<<<<<<<<<
+ *     if p >= end or depth > 4:
+ *         raise ValueError("truncated or too deep")
+*/
+  __pyx_v_width = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":185
+ *     cdef Py_ssize_t n = 0, i
+ *     cdef int width = 0
+ *     if p >= end or depth > 4:             # <<<<<<<<<<<<<<
+ *         raise ValueError("truncated or too deep")
+ *     t = p[0]
+*/
+  __pyx_t_2 = (__pyx_v_p >= __pyx_v_end);
+
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_depth > 4);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (unlikely(__pyx_t_1)) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":186
+ *     cdef int width = 0
+ *     if p >= end or depth > 4:
+ *         raise ValueError("truncated or too deep")             # <<<<<<<<<<<<<<
+ *     t = p[0]
+ *     p += 1
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_truncated_or_too_deep};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 186, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 186, __pyx_L1_error)
+
+    /* "turbo_queue/_kafka_codec.pyx":185
+ *     cdef Py_ssize_t n = 0, i
+ *     cdef int width = 0
+ *     if p >= end or depth > 4:             # <<<<<<<<<<<<<<
+ *         raise ValueError("truncated or too deep")
+ *     t = p[0]
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":187
+ *     if p >= end or depth > 4:
+ *         raise ValueError("truncated or too deep")
+ *     t = p[0]             # <<<<<<<<<<<<<<
+ *     p += 1
+ *     if t <= 0x7f:
+*/
+  __pyx_v_t = (__pyx_v_p[0]);
+
+  /* "turbo_queue/_kafka_codec.pyx":188
+ *         raise ValueError("truncated or too deep")
+ *     t = p[0]
+ *     p += 1             # <<<<<<<<<<<<<<
+ *     if t <= 0x7f:
+ *         pp[0] = p
+*/
+  __pyx_v_p = (__pyx_v_p + 1);
+
+  /* "turbo_queue/_kafka_codec.pyx":189
+ *     t = p[0]
+ *     p += 1
+ *     if t <= 0x7f:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return <long>t
+*/
+  __pyx_t_1 = (__pyx_v_t <= 0x7f);
+
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":190
+ *     p += 1
+ *     if t <= 0x7f:
+ *         pp[0] = p             # <<<<<<<<<<<<<<
+ *         return <long>t
+ *     if t >= 0xe0:
+*/
+    (__pyx_v_pp[0]) = __pyx_v_p;
+
+    /* "turbo_queue/_kafka_codec.pyx":191
+ *     if t <= 0x7f:
+ *         pp[0] = p
+ *         return <long>t             # <<<<<<<<<<<<<<
+ *     if t >= 0xe0:
+ *         pp[0] = p
+*/
+    __pyx_t_3 = __Pyx_PyLong_From_long(((long)__pyx_v_t)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 191, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":189
+ *     t = p[0]
+ *     p += 1
+ *     if t <= 0x7f:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return <long>t
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":192
+ *         pp[0] = p
+ *         return <long>t
+ *     if t >= 0xe0:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return <long>(<signed char>t)
+*/
+  __pyx_t_1 = (__pyx_v_t >= 0xe0);
+
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":193
+ *         return <long>t
+ *     if t >= 0xe0:
+ *         pp[0] = p             # <<<<<<<<<<<<<<
+ *         return <long>(<signed char>t)
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:
+*/
+    (__pyx_v_pp[0]) = __pyx_v_p;
+
+    /* "turbo_queue/_kafka_codec.pyx":194
+ *     if t >= 0xe0:
+ *         pp[0] = p
+ *         return <long>(<signed char>t)             # <<<<<<<<<<<<<<
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:
+ *         pp[0] = p
+*/
+    __pyx_t_3 = __Pyx_PyLong_From_long(((long)((signed char)__pyx_v_t))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 194, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":192
+ *         pp[0] = p
+ *         return <long>t
+ *     if t >= 0xe0:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return <long>(<signed char>t)
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":195
+ *         pp[0] = p
+ *         return <long>(<signed char>t)
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return None if t == 0xc0 else (t == 0xc3)
+*/
+  switch (__pyx_v_t) {
+    case 0xc0:
+    case 0xc2:
+    case 0xc3:
+
+    /* "turbo_queue/_kafka_codec.pyx":196
+ *         return <long>(<signed char>t)
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:
+ *         pp[0] = p             # <<<<<<<<<<<<<<
+ *         return None if t == 0xc0 else (t == 0xc3)
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+*/
+    (__pyx_v_pp[0]) = __pyx_v_p;
+
+    /* "turbo_queue/_kafka_codec.pyx":197
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:
+ *         pp[0] = p
+ *         return None if t == 0xc0 else (t == 0xc3)             # <<<<<<<<<<<<<<
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+ *         width = 1 << (t - 0xcc)
+*/
+    __pyx_t_1 = (__pyx_v_t == 0xc0);
+
+    if (__pyx_t_1) {
+      __Pyx_INCREF(Py_None);
+      __pyx_t_3 = Py_None;
+    } else {
+      __pyx_t_4 = __Pyx_PyBool_FromLong((__pyx_v_t == 0xc3)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 197, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __pyx_t_3 = __pyx_t_4;
+      __pyx_t_4 = 0;
+    }
+
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":195
+ *         pp[0] = p
+ *         return <long>(<signed char>t)
+ *     if t == 0xc0 or t == 0xc2 or t == 0xc3:             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return None if t == 0xc0 else (t == 0xc3)
+*/
+    break;
+    default: break;
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":198
+ *         pp[0] = p
+ *         return None if t == 0xc0 else (t == 0xc3)
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64             # <<<<<<<<<<<<<<
+ *         width = 1 << (t - 0xcc)
+ *         if p + width > end:
+*/
+  __pyx_t_1 = (0xcc <= __pyx_v_t);
+  if (__pyx_t_1) {
+    __pyx_t_1 = (__pyx_v_t <= 0xcf);
+  }
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":199
+ *         return None if t == 0xc0 else (t == 0xc3)
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+ *         width = 1 << (t - 0xcc)             # <<<<<<<<<<<<<<
+ *         if p + width > end:
+ *             raise ValueError("truncated")
+*/
+    __pyx_v_width = (1 << (__pyx_v_t - 0xcc));
+
+    /* "turbo_queue/_kafka_codec.pyx":200
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+ *         width = 1 << (t - 0xcc)
+ *         if p + width > end:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+*/
+    __pyx_t_1 = ((__pyx_v_p + __pyx_v_width) > __pyx_v_end);
+
+    if (unlikely(__pyx_t_1)) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":201
+ *         width = 1 << (t - 0xcc)
+ *         if p + width > end:
+ *             raise ValueError("truncated")             # <<<<<<<<<<<<<<
+ *         pp[0] = p + width
+ *         return _be_read(p, width)
+*/
+      __pyx_t_4 = NULL;
+      __pyx_t_5 = 1;
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_truncated};
+        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 201, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_3);
+      }
+      __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __PYX_ERR(0, 201, __pyx_L1_error)
+
+      /* "turbo_queue/_kafka_codec.pyx":200
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+ *         width = 1 << (t - 0xcc)
+ *         if p + width > end:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":202
+ *         if p + width > end:
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width             # <<<<<<<<<<<<<<
+ *         return _be_read(p, width)
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+*/
+    (__pyx_v_pp[0]) = (__pyx_v_p + __pyx_v_width);
+
+    /* "turbo_queue/_kafka_codec.pyx":203
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+ *         return _be_read(p, width)             # <<<<<<<<<<<<<<
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+ *         width = 1 << (t - 0xd0)
+*/
+    __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, __pyx_v_width)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 203, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":198
+ *         pp[0] = p
+ *         return None if t == 0xc0 else (t == 0xc3)
+ *     if 0xcc <= t <= 0xcf:  # uint 8/16/32/64             # <<<<<<<<<<<<<<
+ *         width = 1 << (t - 0xcc)
+ *         if p + width > end:
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":204
+ *         pp[0] = p + width
+ *         return _be_read(p, width)
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64             # <<<<<<<<<<<<<<
+ *         width = 1 << (t - 0xd0)
+ *         if p + width > end:
+*/
+  __pyx_t_1 = (0xd0 <= __pyx_v_t);
+  if (__pyx_t_1) {
+    __pyx_t_1 = (__pyx_v_t <= 0xd3);
+  }
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":205
+ *         return _be_read(p, width)
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+ *         width = 1 << (t - 0xd0)             # <<<<<<<<<<<<<<
+ *         if p + width > end:
+ *             raise ValueError("truncated")
+*/
+    __pyx_v_width = (1 << (__pyx_v_t - 0xd0));
+
+    /* "turbo_queue/_kafka_codec.pyx":206
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+ *         width = 1 << (t - 0xd0)
+ *         if p + width > end:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+*/
+    __pyx_t_1 = ((__pyx_v_p + __pyx_v_width) > __pyx_v_end);
+
+    if (unlikely(__pyx_t_1)) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":207
+ *         width = 1 << (t - 0xd0)
+ *         if p + width > end:
+ *             raise ValueError("truncated")             # <<<<<<<<<<<<<<
+ *         pp[0] = p + width
+ *         if width == 1:
+*/
+      __pyx_t_4 = NULL;
+      __pyx_t_5 = 1;
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_truncated};
+        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 207, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_3);
+      }
+      __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __PYX_ERR(0, 207, __pyx_L1_error)
+
+      /* "turbo_queue/_kafka_codec.pyx":206
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+ *         width = 1 << (t - 0xd0)
+ *         if p + width > end:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":208
+ *         if p + width > end:
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width             # <<<<<<<<<<<<<<
+ *         if width == 1:
+ *             return <long>(<signed char>p[0])
+*/
+    (__pyx_v_pp[0]) = (__pyx_v_p + __pyx_v_width);
+
+    /* "turbo_queue/_kafka_codec.pyx":209
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+ *         if width == 1:             # <<<<<<<<<<<<<<
+ *             return <long>(<signed char>p[0])
+ *         if width == 2:
+*/
+    __pyx_t_1 = (__pyx_v_width == 1);
+
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":210
+ *         pp[0] = p + width
+ *         if width == 1:
+ *             return <long>(<signed char>p[0])             # <<<<<<<<<<<<<<
+ *         if width == 2:
+ *             return <long>(<short>_be_read(p, 2))
+*/
+      __pyx_t_3 = __Pyx_PyLong_From_long(((long)((signed char)(__pyx_v_p[0])))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 210, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __pyx_r = __pyx_t_3;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __pyx_t_3 = 0;
+      goto __pyx_L0;
+
+      /* "turbo_queue/_kafka_codec.pyx":209
+ *             raise ValueError("truncated")
+ *         pp[0] = p + width
+ *         if width == 1:             # <<<<<<<<<<<<<<
+ *             return <long>(<signed char>p[0])
+ *         if width == 2:
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":211
+ *         if width == 1:
+ *             return <long>(<signed char>p[0])
+ *         if width == 2:             # <<<<<<<<<<<<<<
+ *             return <long>(<short>_be_read(p, 2))
+ *         if width == 4:
+*/
+    __pyx_t_1 = (__pyx_v_width == 2);
+
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":212
+ *             return <long>(<signed char>p[0])
+ *         if width == 2:
+ *             return <long>(<short>_be_read(p, 2))             # <<<<<<<<<<<<<<
+ *         if width == 4:
+ *             return <long>(<int>_be_read(p, 4))
+*/
+      __pyx_t_3 = __Pyx_PyLong_From_long(((long)((short)__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, 2)))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 212, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __pyx_r = __pyx_t_3;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __pyx_t_3 = 0;
+      goto __pyx_L0;
+
+      /* "turbo_queue/_kafka_codec.pyx":211
+ *         if width == 1:
+ *             return <long>(<signed char>p[0])
+ *         if width == 2:             # <<<<<<<<<<<<<<
+ *             return <long>(<short>_be_read(p, 2))
+ *         if width == 4:
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":213
+ *         if width == 2:
+ *             return <long>(<short>_be_read(p, 2))
+ *         if width == 4:             # <<<<<<<<<<<<<<
+ *             return <long>(<int>_be_read(p, 4))
+ *         return <int64_t>_be_read(p, 8)
+*/
+    __pyx_t_1 = (__pyx_v_width == 4);
+
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":214
+ *             return <long>(<short>_be_read(p, 2))
+ *         if width == 4:
+ *             return <long>(<int>_be_read(p, 4))             # <<<<<<<<<<<<<<
+ *         return <int64_t>_be_read(p, 8)
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+*/
+      __pyx_t_3 = __Pyx_PyLong_From_long(((long)((int)__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, 4)))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 214, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __pyx_r = __pyx_t_3;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __pyx_t_3 = 0;
+      goto __pyx_L0;
+
+      /* "turbo_queue/_kafka_codec.pyx":213
+ *         if width == 2:
+ *             return <long>(<short>_be_read(p, 2))
+ *         if width == 4:             # <<<<<<<<<<<<<<
+ *             return <long>(<int>_be_read(p, 4))
+ *         return <int64_t>_be_read(p, 8)
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":215
+ *         if width == 4:
+ *             return <long>(<int>_be_read(p, 4))
+ *         return <int64_t>_be_read(p, 8)             # <<<<<<<<<<<<<<
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+ *         if 0xa0 <= t <= 0xbf:
+*/
+    __pyx_t_3 = __Pyx_PyLong_From_int64_t(((int64_t)__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, 8))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":204
+ *         pp[0] = p + width
+ *         return _be_read(p, width)
+ *     if 0xd0 <= t <= 0xd3:  # int 8/16/32/64             # <<<<<<<<<<<<<<
+ *         width = 1 << (t - 0xd0)
+ *         if p + width > end:
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":216
+ *             return <long>(<int>_be_read(p, 4))
+ *         return <int64_t>_be_read(p, 8)
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str             # <<<<<<<<<<<<<<
+ *         if 0xa0 <= t <= 0xbf:
+ *             n = t & 0x1f
+*/
+  __pyx_t_2 = (0xc4 <= __pyx_v_t);
+  if (__pyx_t_2) {
+    __pyx_t_2 = (__pyx_v_t <= 0xc6);
+  }
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L16_bool_binop_done;
+  }
+  __pyx_t_2 = (0xd9 <= __pyx_v_t);
+  if (__pyx_t_2) {
+    __pyx_t_2 = (__pyx_v_t <= 0xdb);
+  }
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L16_bool_binop_done;
+  }
+  __pyx_t_2 = (0xa0 <= __pyx_v_t);
+  if (__pyx_t_2) {
+    __pyx_t_2 = (__pyx_v_t <= 0xbf);
+  }
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L16_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":217
+ *         return <int64_t>_be_read(p, 8)
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+ *         if 0xa0 <= t <= 0xbf:             # <<<<<<<<<<<<<<
+ *             n = t & 0x1f
+ *         else:
+*/
+    __pyx_t_1 = (0xa0 <= __pyx_v_t);
+    if (__pyx_t_1) {
+      __pyx_t_1 = (__pyx_v_t <= 0xbf);
+    }
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":218
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+ *         if 0xa0 <= t <= 0xbf:
+ *             n = t & 0x1f             # <<<<<<<<<<<<<<
+ *         else:
+ *             width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))
+*/
+      __pyx_v_n = (__pyx_v_t & 0x1f);
+
+      /* "turbo_queue/_kafka_codec.pyx":217
+ *         return <int64_t>_be_read(p, 8)
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+ *         if 0xa0 <= t <= 0xbf:             # <<<<<<<<<<<<<<
+ *             n = t & 0x1f
+ *         else:
+*/
+      goto __pyx_L19;
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":220
+ *             n = t & 0x1f
+ *         else:
+ *             width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))             # <<<<<<<<<<<<<<
+ *             if p + width > end:
+ *                 raise ValueError("truncated")
+*/
+    /*else*/ {
+      __pyx_t_1 = (__pyx_v_t <= 0xc6);
+
+      if (__pyx_t_1) {
+
+        __pyx_t_6 = (__pyx_v_t - 0xc4);
+      } else {
+
+        __pyx_t_6 = (__pyx_v_t - 0xd9);
+      }
+
+      __pyx_v_width = (1 << __pyx_t_6);
+
+
+      /* "turbo_queue/_kafka_codec.pyx":221
+ *         else:
+ *             width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))
+ *             if p + width > end:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+*/
+      __pyx_t_1 = ((__pyx_v_p + __pyx_v_width) > __pyx_v_end);
+
+      if (unlikely(__pyx_t_1)) {
+
+
+        /* "turbo_queue/_kafka_codec.pyx":222
+ *             width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))
+ *             if p + width > end:
+ *                 raise ValueError("truncated")             # <<<<<<<<<<<<<<
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width
+*/
+        __pyx_t_4 = NULL;
+        __pyx_t_5 = 1;
+        {
+          PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_truncated};
+          __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 222, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_3);
+        }
+        __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+        __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+        __PYX_ERR(0, 222, __pyx_L1_error)
+
+        /* "turbo_queue/_kafka_codec.pyx":221
+ *         else:
+ *             width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))
+ *             if p + width > end:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+*/
+      }
+
+      /* "turbo_queue/_kafka_codec.pyx":223
+ *             if p + width > end:
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)             # <<<<<<<<<<<<<<
+ *             p += width
+ *         if n > end - p:
+*/
+      __pyx_v_n = ((Py_ssize_t)__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, __pyx_v_width));
+
+      /* "turbo_queue/_kafka_codec.pyx":224
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width             # <<<<<<<<<<<<<<
+ *         if n > end - p:
+ *             raise ValueError("truncated")
+*/
+      __pyx_v_p = (__pyx_v_p + __pyx_v_width);
+    }
+    __pyx_L19:;
+
+    /* "turbo_queue/_kafka_codec.pyx":225
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width
+ *         if n > end - p:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + n
+*/
+    __pyx_t_1 = (__pyx_v_n > (__pyx_v_end - __pyx_v_p));
+
+    if (unlikely(__pyx_t_1)) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":226
+ *             p += width
+ *         if n > end - p:
+ *             raise ValueError("truncated")             # <<<<<<<<<<<<<<
+ *         pp[0] = p + n
+ *         if 0xc4 <= t <= 0xc6:
+*/
+      __pyx_t_4 = NULL;
+      __pyx_t_5 = 1;
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_truncated};
+        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 226, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_3);
+      }
+      __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __PYX_ERR(0, 226, __pyx_L1_error)
+
+      /* "turbo_queue/_kafka_codec.pyx":225
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width
+ *         if n > end - p:             # <<<<<<<<<<<<<<
+ *             raise ValueError("truncated")
+ *         pp[0] = p + n
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":227
+ *         if n > end - p:
+ *             raise ValueError("truncated")
+ *         pp[0] = p + n             # <<<<<<<<<<<<<<
+ *         if 0xc4 <= t <= 0xc6:
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+*/
+    (__pyx_v_pp[0]) = (__pyx_v_p + __pyx_v_n);
+
+    /* "turbo_queue/_kafka_codec.pyx":228
+ *             raise ValueError("truncated")
+ *         pp[0] = p + n
+ *         if 0xc4 <= t <= 0xc6:             # <<<<<<<<<<<<<<
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+ *         return (<const char*>p)[:n].decode("utf-8")
+*/
+    __pyx_t_1 = (0xc4 <= __pyx_v_t);
+    if (__pyx_t_1) {
+      __pyx_t_1 = (__pyx_v_t <= 0xc6);
+    }
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":229
+ *         pp[0] = p + n
+ *         if 0xc4 <= t <= 0xc6:
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)             # <<<<<<<<<<<<<<
+ *         return (<const char*>p)[:n].decode("utf-8")
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+*/
+      __pyx_t_3 = PyBytes_FromStringAndSize(((char const *)__pyx_v_p), __pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 229, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __pyx_r = __pyx_t_3;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __pyx_t_3 = 0;
+      goto __pyx_L0;
+
+      /* "turbo_queue/_kafka_codec.pyx":228
+ *             raise ValueError("truncated")
+ *         pp[0] = p + n
+ *         if 0xc4 <= t <= 0xc6:             # <<<<<<<<<<<<<<
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+ *         return (<const char*>p)[:n].decode("utf-8")
+*/
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":230
+ *         if 0xc4 <= t <= 0xc6:
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+ *         return (<const char*>p)[:n].decode("utf-8")             # <<<<<<<<<<<<<<
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+ *         if t <= 0x9f:
+*/
+    __pyx_t_3 = __Pyx_decode_c_string(((char const *)__pyx_v_p), 0, __pyx_v_n, NULL, NULL, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 230, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":216
+ *             return <long>(<int>_be_read(p, 4))
+ *         return <int64_t>_be_read(p, 8)
+ *     if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str             # <<<<<<<<<<<<<<
+ *         if 0xa0 <= t <= 0xbf:
+ *             n = t & 0x1f
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":231
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+ *         return (<const char*>p)[:n].decode("utf-8")
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array             # <<<<<<<<<<<<<<
+ *         if t <= 0x9f:
+ *             n = t & 0x0f
+*/
+  __pyx_t_2 = (0x90 <= __pyx_v_t);
+  if (__pyx_t_2) {
+    __pyx_t_2 = (__pyx_v_t <= 0x9f);
+  }
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L24_bool_binop_done;
+  }
+  switch (__pyx_v_t) {
+    case 0xdc:
+    case 0xdd:
+    __pyx_t_2 = 1;
+    break;
+    default:
+    __pyx_t_2 = 0;
+    break;
+  }
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L24_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":232
+ *         return (<const char*>p)[:n].decode("utf-8")
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+ *         if t <= 0x9f:             # <<<<<<<<<<<<<<
+ *             n = t & 0x0f
+ *         else:
+*/
+    __pyx_t_1 = (__pyx_v_t <= 0x9f);
+
+    if (__pyx_t_1) {
+
+
+      /* "turbo_queue/_kafka_codec.pyx":233
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+ *         if t <= 0x9f:
+ *             n = t & 0x0f             # <<<<<<<<<<<<<<
+ *         else:
+ *             width = 2 if t == 0xdc else 4
+*/
+      __pyx_v_n = (__pyx_v_t & 0x0f);
+
+      /* "turbo_queue/_kafka_codec.pyx":232
+ *         return (<const char*>p)[:n].decode("utf-8")
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+ *         if t <= 0x9f:             # <<<<<<<<<<<<<<
+ *             n = t & 0x0f
+ *         else:
+*/
+      goto __pyx_L26;
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":235
+ *             n = t & 0x0f
+ *         else:
+ *             width = 2 if t == 0xdc else 4             # <<<<<<<<<<<<<<
+ *             if p + width > end:
+ *                 raise ValueError("truncated")
+*/
+    /*else*/ {
+      __pyx_t_1 = (__pyx_v_t == 0xdc);
+
+      if (__pyx_t_1) {
+
+        __pyx_t_7 = 2;
+      } else {
+
+        __pyx_t_7 = 4;
+      }
+
+      __pyx_v_width = __pyx_t_7;
+
+      /* "turbo_queue/_kafka_codec.pyx":236
+ *         else:
+ *             width = 2 if t == 0xdc else 4
+ *             if p + width > end:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+*/
+      __pyx_t_1 = ((__pyx_v_p + __pyx_v_width) > __pyx_v_end);
+
+      if (unlikely(__pyx_t_1)) {
+
+
+        /* "turbo_queue/_kafka_codec.pyx":237
+ *             width = 2 if t == 0xdc else 4
+ *             if p + width > end:
+ *                 raise ValueError("truncated")             # <<<<<<<<<<<<<<
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width
+*/
+        __pyx_t_4 = NULL;
+        __pyx_t_5 = 1;
+        {
+          PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_truncated};
+          __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 237, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_3);
+        }
+        __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+        __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+        __PYX_ERR(0, 237, __pyx_L1_error)
+
+        /* "turbo_queue/_kafka_codec.pyx":236
+ *         else:
+ *             width = 2 if t == 0xdc else 4
+ *             if p + width > end:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+*/
+      }
+
+      /* "turbo_queue/_kafka_codec.pyx":238
+ *             if p + width > end:
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)             # <<<<<<<<<<<<<<
+ *             p += width
+ *         items = PyTuple_New(n)
+*/
+      __pyx_v_n = ((Py_ssize_t)__pyx_f_11turbo_queue_12_kafka_codec__be_read(__pyx_v_p, __pyx_v_width));
+
+      /* "turbo_queue/_kafka_codec.pyx":239
+ *                 raise ValueError("truncated")
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width             # <<<<<<<<<<<<<<
+ *         items = PyTuple_New(n)
+ *         for i in range(n):
+*/
+      __pyx_v_p = (__pyx_v_p + __pyx_v_width);
+    }
+    __pyx_L26:;
+
+    /* "turbo_queue/_kafka_codec.pyx":240
+ *             n = <Py_ssize_t>_be_read(p, width)
+ *             p += width
+ *         items = PyTuple_New(n)             # <<<<<<<<<<<<<<
+ *         for i in range(n):
+ *             item = _read(&p, end, depth + 1)
+*/
+    __pyx_t_3 = PyTuple_New(__pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 240, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __pyx_v_items = ((PyObject*)__pyx_t_3);
+    __pyx_t_3 = 0;
+
+    /* "turbo_queue/_kafka_codec.pyx":241
+ *             p += width
+ *         items = PyTuple_New(n)
+ *         for i in range(n):             # <<<<<<<<<<<<<<
+ *             item = _read(&p, end, depth + 1)
+ *             Py_INCREF(item)
+*/
+
+    __pyx_t_8 = __pyx_v_n;
+    __pyx_t_9 = __pyx_t_8;
+
+    for (__pyx_t_10 = 0; __pyx_t_10 < __pyx_t_9; __pyx_t_10+=1) {
+      __pyx_v_i = __pyx_t_10;
+
+      /* "turbo_queue/_kafka_codec.pyx":242
+ *         items = PyTuple_New(n)
+ *         for i in range(n):
+ *             item = _read(&p, end, depth + 1)             # <<<<<<<<<<<<<<
+ *             Py_INCREF(item)
+ *             PyTuple_SET_ITEM(items, i, item)
+*/
+      __pyx_t_3 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, (__pyx_v_depth + 1)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 242, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      __Pyx_XDECREF_SET(__pyx_v_item, __pyx_t_3);
+      __pyx_t_3 = 0;
+
+      /* "turbo_queue/_kafka_codec.pyx":243
+ *         for i in range(n):
+ *             item = _read(&p, end, depth + 1)
+ *             Py_INCREF(item)             # <<<<<<<<<<<<<<
+ *             PyTuple_SET_ITEM(items, i, item)
+ *         pp[0] = p
+*/
+      Py_INCREF(__pyx_v_item);
+
+      /* "turbo_queue/_kafka_codec.pyx":244
+ *             item = _read(&p, end, depth + 1)
+ *             Py_INCREF(item)
+ *             PyTuple_SET_ITEM(items, i, item)             # <<<<<<<<<<<<<<
+ *         pp[0] = p
+ *         return items
+*/
+      PyTuple_SET_ITEM(__pyx_v_items, __pyx_v_i, __pyx_v_item);
+    }
+
+
+    /* "turbo_queue/_kafka_codec.pyx":245
+ *             Py_INCREF(item)
+ *             PyTuple_SET_ITEM(items, i, item)
+ *         pp[0] = p             # <<<<<<<<<<<<<<
+ *         return items
+ *     raise ValueError(f"msgpack type 0x{t:02x} is not part of a record")
+*/
+    (__pyx_v_pp[0]) = __pyx_v_p;
+
+    /* "turbo_queue/_kafka_codec.pyx":246
+ *             PyTuple_SET_ITEM(items, i, item)
+ *         pp[0] = p
+ *         return items             # <<<<<<<<<<<<<<
+ *     raise ValueError(f"msgpack type 0x{t:02x} is not part of a record")
+ * 
+*/
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF(__pyx_v_items);
+        __pyx_r = __pyx_v_items;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+
+    /* "turbo_queue/_kafka_codec.pyx":231
+ *             return PyBytes_FromStringAndSize(<const char*>p, n)
+ *         return (<const char*>p)[:n].decode("utf-8")
+ *     if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array             # <<<<<<<<<<<<<<
+ *         if t <= 0x9f:
+ *             n = t & 0x0f
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":247
+ *         pp[0] = p
+ *         return items
+ *     raise ValueError(f"msgpack type 0x{t:02x} is not part of a record")             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_4 = NULL;
+  __pyx_t_11 = __Pyx_PyUnicode_From_unsigned_char(__pyx_v_t, 2, '0', 'x'); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 247, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_11);
+  __pyx_t_12[0] = __pyx_mstate_global->__pyx_kp_u_msgpack_type_0x;
+  __pyx_t_12[1] = __pyx_t_11;
+  __pyx_t_12[2] = __pyx_mstate_global->__pyx_kp_u_is_not_part_of_a_record;
+  __pyx_t_8 = 39;
+  #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+  __pyx_t_8 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_12[1]);
+  #endif
+  __pyx_t_7 = 0;
+  __pyx_t_13 = __Pyx_PyUnicode_Join(__pyx_t_12, 3, __pyx_t_8, __pyx_t_7);
+  if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 247, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_13);
+  __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
+  __pyx_t_5 = 1;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_13};
+    __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 247, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+  }
+  __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __PYX_ERR(0, 247, __pyx_L1_error)
+
+  /* "turbo_queue/_kafka_codec.pyx":178
+ * 
+ * 
+ * cdef object _read(const unsigned char** pp, const unsigned char* end, int depth):             # <<<<<<<<<<<<<<
+ *     """One msgpack object of the kinds a record holds: nil, bool, int, bin, str, array (as a
+ *     tuple). Anything else raises ValueError, and the caller falls back to msgpack itself."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_11);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_AddTraceback("turbo_queue._kafka_codec._read", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+
+
+
+
+
+  __Pyx_XDECREF(__pyx_v_items);
+  __Pyx_XDECREF(__pyx_v_item);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "turbo_queue/_kafka_codec.pyx":250
+ * 
+ * 
+ * cdef tuple _fields(bytes data):             # <<<<<<<<<<<<<<
+ *     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+*/
+
+static PyObject *__pyx_f_11turbo_queue_12_kafka_codec__fields(PyObject *__pyx_v_data) {
+  unsigned char const *__pyx_v_p;
+  unsigned char const *__pyx_v_end;
+  PyObject *__pyx_v_fields = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_t_2;
+  int __pyx_t_3;
+  Py_ssize_t __pyx_t_4;
+  PyObject *__pyx_t_5 = NULL;
+  size_t __pyx_t_6;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_fields", 0);
+
+  /* "turbo_queue/_kafka_codec.pyx":251
+ * 
+ * cdef tuple _fields(bytes data):
+ *     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)             # <<<<<<<<<<<<<<
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+ *     fields = _read(&p, end, 0)
+*/
+  __pyx_v_p = ((unsigned char const *)PyBytes_AS_STRING(__pyx_v_data));
+
+  /* "turbo_queue/_kafka_codec.pyx":252
+ * cdef tuple _fields(bytes data):
+ *     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)             # <<<<<<<<<<<<<<
+ *     fields = _read(&p, end, 0)
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:
+*/
+  __pyx_v_end = (__pyx_v_p + PyBytes_GET_SIZE(__pyx_v_data));
+
+  /* "turbo_queue/_kafka_codec.pyx":253
+ *     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+ *     fields = _read(&p, end, 0)             # <<<<<<<<<<<<<<
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:
+ *         raise ValueError("not a 7-field record")
+*/
+  __pyx_t_1 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 253, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_v_fields = __pyx_t_1;
+  __pyx_t_1 = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":254
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+ *     fields = _read(&p, end, 0)
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:             # <<<<<<<<<<<<<<
+ *         raise ValueError("not a 7-field record")
+ *     return <tuple>fields
+*/
+  __pyx_t_3 = (__pyx_v_p != __pyx_v_end);
+
+  if (!__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_3;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_3 = (((PyObject *)Py_TYPE(__pyx_v_fields)) != ((PyObject *)(&PyTuple_Type)));
+  if (!__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_3;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  if (unlikely(__pyx_v_fields == Py_None)) {
+    PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
+    __PYX_ERR(0, 254, __pyx_L1_error)
+  }
+  __pyx_t_4 = __Pyx_PyTuple_GET_SIZE(((PyObject*)__pyx_v_fields)); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_3 = (__pyx_t_4 != 7);
+
+
+
+  __pyx_t_2 = __pyx_t_3;
+
+  __pyx_L4_bool_binop_done:;
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "turbo_queue/_kafka_codec.pyx":255
+ *     fields = _read(&p, end, 0)
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:
+ *         raise ValueError("not a 7-field record")             # <<<<<<<<<<<<<<
+ *     return <tuple>fields
+ * 
+*/
+    __pyx_t_5 = NULL;
+    __pyx_t_6 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_not_a_7_field_record};
+      __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 255, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_1);
+    }
+    __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __PYX_ERR(0, 255, __pyx_L1_error)
+
+    /* "turbo_queue/_kafka_codec.pyx":254
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+ *     fields = _read(&p, end, 0)
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:             # <<<<<<<<<<<<<<
+ *         raise ValueError("not a 7-field record")
+ *     return <tuple>fields
+*/
+  }
+
+  /* "turbo_queue/_kafka_codec.pyx":256
+ *     if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:
+ *         raise ValueError("not a 7-field record")
+ *     return <tuple>fields             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __Pyx_INCREF(((PyObject*)__pyx_v_fields));
+      __pyx_r = ((PyObject*)__pyx_v_fields);
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  goto __pyx_L0;
+
+  /* "turbo_queue/_kafka_codec.pyx":250
+ * 
+ * 
+ * cdef tuple _fields(bytes data):             # <<<<<<<<<<<<<<
+ *     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+ *     cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("turbo_queue._kafka_codec._fields", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+
+
+  __Pyx_XDECREF(__pyx_v_fields);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "turbo_queue/_kafka_codec.pyx":259
+ * 
+ * 
+ * def unpack_record(bytes data, record_type):             # <<<<<<<<<<<<<<
+ *     """The record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if
+ *     `data` is not one this reader knows (the caller then asks msgpack)."""
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_11turbo_queue_12_kafka_codec_3unpack_record(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_11turbo_queue_12_kafka_codec_2unpack_record, "unpack_record(bytes data, record_type)\n\nThe record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if\n`data` is not one this reader knows (the caller then asks msgpack).");
+static PyMethodDef __pyx_mdef_11turbo_queue_12_kafka_codec_3unpack_record = {"unpack_record", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_11turbo_queue_12_kafka_codec_3unpack_record, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_11turbo_queue_12_kafka_codec_2unpack_record};
+static PyObject *__pyx_pw_11turbo_queue_12_kafka_codec_3unpack_record(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_data = 0;
+  PyObject *__pyx_v_record_type = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[2] = {0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("unpack_record (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_data,&__pyx_mstate_global->__pyx_n_u_record_type,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 259, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 259, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 259, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "unpack_record", 0) < (0)) __PYX_ERR(0, 259, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("unpack_record", 1, 2, 2, i); __PYX_ERR(0, 259, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 2)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 259, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 259, __pyx_L3_error)
+    }
+    __pyx_v_data = ((PyObject*)values[0]);
+    __pyx_v_record_type = values[1];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("unpack_record", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 259, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("turbo_queue._kafka_codec.unpack_record", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_data), (&PyBytes_Type), 1, "data", 1))) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_r = __pyx_pf_11turbo_queue_12_kafka_codec_2unpack_record(__pyx_self, __pyx_v_data, __pyx_v_record_type);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_2unpack_record(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_data, PyObject *__pyx_v_record_type) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  size_t __pyx_t_4;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("unpack_record", 0);
+
+  /* "turbo_queue/_kafka_codec.pyx":262
+ *     """The record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if
+ *     `data` is not one this reader knows (the caller then asks msgpack)."""
+ *     return tuple.__new__(record_type, _fields(data))             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_2 = ((PyObject *)(&PyTuple_Type));
+  __Pyx_INCREF(__pyx_t_2);
+  __pyx_t_3 = __pyx_f_11turbo_queue_12_kafka_codec__fields(__pyx_v_data); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = 0;
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_record_type, __pyx_t_3};
+    __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_new, __pyx_callargs+__pyx_t_4, (3-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 262, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "turbo_queue/_kafka_codec.pyx":259
+ * 
+ * 
+ * def unpack_record(bytes data, record_type):             # <<<<<<<<<<<<<<
+ *     """The record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if
+ *     `data` is not one this reader knows (the caller then asks msgpack)."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_AddTraceback("turbo_queue._kafka_codec.unpack_record", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "turbo_queue/_kafka_codec.pyx":265
+ * 
+ * 
+ * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
+ *     first BufferError (the client's queue is full) and returns that index, to be called again
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_11turbo_queue_12_kafka_codec_5produce_packed(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_11turbo_queue_12_kafka_codec_4produce_packed, "produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors)\n\nProduce packed records packed[start:] with `produce` (a Producer\047s produce). Stops at the\nfirst BufferError (the client\047s queue is full) and returns that index, to be called again\nafter a poll; returns len(packed) when all were handed over. A record that cannot be read, or\nwhose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped.");
+static PyMethodDef __pyx_mdef_11turbo_queue_12_kafka_codec_5produce_packed = {"produce_packed", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_11turbo_queue_12_kafka_codec_5produce_packed, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_11turbo_queue_12_kafka_codec_4produce_packed};
+static PyObject *__pyx_pw_11turbo_queue_12_kafka_codec_5produce_packed(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_produce = 0;
+  PyObject *__pyx_v_topic = 0;
+  PyObject *__pyx_v_packed = 0;
+  Py_ssize_t __pyx_v_start;
+  PyObject *__pyx_v_on_delivery = 0;
+  PyObject *__pyx_v_catch = 0;
+  PyObject *__pyx_v_errors = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[7] = {0,0,0,0,0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("produce_packed (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_produce,&__pyx_mstate_global->__pyx_n_u_topic,&__pyx_mstate_global->__pyx_n_u_packed,&__pyx_mstate_global->__pyx_n_u_start,&__pyx_mstate_global->__pyx_n_u_on_delivery,&__pyx_mstate_global->__pyx_n_u_catch,&__pyx_mstate_global->__pyx_n_u_errors,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 265, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  7:
+        values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  6:
+        values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  5:
+        values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 265, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "produce_packed", 0) < (0)) __PYX_ERR(0, 265, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 7; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("produce_packed", 1, 7, 7, i); __PYX_ERR(0, 265, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 7)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 265, __pyx_L3_error)
+      values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 265, __pyx_L3_error)
+    }
+    __pyx_v_produce = values[0];
+    __pyx_v_topic = ((PyObject*)values[1]);
+    __pyx_v_packed = ((PyObject*)values[2]);
+    __pyx_v_start = __Pyx_PyIndex_AsSsize_t(values[3]); if (unlikely((__pyx_v_start == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L3_error)
+    __pyx_v_on_delivery = values[4];
+    __pyx_v_catch = values[5];
+    __pyx_v_errors = ((PyObject*)values[6]);
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("produce_packed", 1, 7, 7, __pyx_nargs); __PYX_ERR(0, 265, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_topic), (&PyUnicode_Type), 1, "topic", 1))) __PYX_ERR(0, 265, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_packed), (&PyList_Type), 1, "packed", 1))) __PYX_ERR(0, 265, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_errors), (&PyList_Type), 1, "errors", 1))) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_r = __pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(__pyx_self, __pyx_v_produce, __pyx_v_topic, __pyx_v_packed, __pyx_v_start, __pyx_v_on_delivery, __pyx_v_catch, __pyx_v_errors);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_produce, PyObject *__pyx_v_topic, PyObject *__pyx_v_packed, Py_ssize_t __pyx_v_start, PyObject *__pyx_v_on_delivery, PyObject *__pyx_v_catch, PyObject *__pyx_v_errors) {
+  Py_ssize_t __pyx_v_i;
+  Py_ssize_t __pyx_v_n;
+  unsigned char const *__pyx_v_p;
+  unsigned char const *__pyx_v_end;
+  PyObject *__pyx_v_b = 0;
+  PyObject *__pyx_v_value = NULL;
+  PyObject *__pyx_v_key = NULL;
+  PyObject *__pyx_v_headers = NULL;
+  PyObject *__pyx_v_ts = NULL;
+  PyObject *__pyx_v_e = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  Py_ssize_t __pyx_t_1;
+  Py_ssize_t __pyx_t_2;
+  Py_ssize_t __pyx_t_3;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  int __pyx_t_9;
+  int __pyx_t_10;
+  size_t __pyx_t_11;
+  int __pyx_t_12;
+  PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14 = NULL;
+  PyObject *__pyx_t_15 = NULL;
+  int __pyx_t_16;
+  int __pyx_t_17;
+  char const *__pyx_t_18;
+  PyObject *__pyx_t_19 = NULL;
+  PyObject *__pyx_t_20 = NULL;
+  PyObject *__pyx_t_21 = NULL;
+  PyObject *__pyx_t_22 = NULL;
+  PyObject *__pyx_t_23 = NULL;
+  PyObject *__pyx_t_24 = NULL;
+  PyObject *__pyx_t_25 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("produce_packed", 0);
+
+  /* "turbo_queue/_kafka_codec.pyx":270
+ *     after a poll; returns len(packed) when all were handed over. A record that cannot be read, or
+ *     whose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped."""
+ *     cdef Py_ssize_t i, n = len(packed)             # <<<<<<<<<<<<<<
+ *     cdef const unsigned char* p
+ *     cdef const unsigned char* end
+*/
+  if (unlikely(__pyx_v_packed == Py_None)) {
+    PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
+    __PYX_ERR(0, 270, __pyx_L1_error)
+  }
+  __pyx_t_1 = __Pyx_PyList_GET_SIZE(__pyx_v_packed); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_v_n = __pyx_t_1;
+
+  /* "turbo_queue/_kafka_codec.pyx":274
+ *     cdef const unsigned char* end
+ *     cdef bytes b
+ *     for i in range(start, n):             # <<<<<<<<<<<<<<
+ *         b = <bytes?>packed[i]
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+*/
+
+  __pyx_t_1 = __pyx_v_n;
+  __pyx_t_2 = __pyx_t_1;
+
+  for (__pyx_t_3 = __pyx_v_start; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
+    __pyx_v_i = __pyx_t_3;
+
+    /* "turbo_queue/_kafka_codec.pyx":275
+ *     cdef bytes b
+ *     for i in range(start, n):
+ *         b = <bytes?>packed[i]             # <<<<<<<<<<<<<<
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+ *         end = p + PyBytes_GET_SIZE(b)
+*/
+    if (unlikely(__pyx_v_packed == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+      __PYX_ERR(0, 275, __pyx_L1_error)
+    }
+    __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_packed, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 275, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    if (!(likely(PyBytes_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_4))) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_t_5 = __pyx_t_4;
+    __Pyx_INCREF(__pyx_t_5);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __Pyx_XDECREF_SET(__pyx_v_b, ((PyObject*)__pyx_t_5));
+    __pyx_t_5 = 0;
+
+    /* "turbo_queue/_kafka_codec.pyx":276
+ *     for i in range(start, n):
+ *         b = <bytes?>packed[i]
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)             # <<<<<<<<<<<<<<
+ *         end = p + PyBytes_GET_SIZE(b)
+ *         try:
+*/
+    __pyx_v_p = ((unsigned char const *)PyBytes_AS_STRING(__pyx_v_b));
+
+    /* "turbo_queue/_kafka_codec.pyx":277
+ *         b = <bytes?>packed[i]
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+ *         end = p + PyBytes_GET_SIZE(b)             # <<<<<<<<<<<<<<
+ *         try:
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+*/
+    __pyx_v_end = (__pyx_v_p + PyBytes_GET_SIZE(__pyx_v_b));
+
+    /* "turbo_queue/_kafka_codec.pyx":278
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+ *         end = p + PyBytes_GET_SIZE(b)
+ *         try:             # <<<<<<<<<<<<<<
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:
+*/
+    {
+      __Pyx_PyThreadState_declare
+      __Pyx_PyThreadState_assign
+      __Pyx_ExceptionSave(&__pyx_t_6, &__pyx_t_7, &__pyx_t_8);
+      __Pyx_XGOTREF(__pyx_t_6);
+      __Pyx_XGOTREF(__pyx_t_7);
+      __Pyx_XGOTREF(__pyx_t_8);
+      /*try:*/ {
+
+        /* "turbo_queue/_kafka_codec.pyx":280
+ *         try:
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("not a 7-field record")
+ *             p += 1
+*/
+        __pyx_t_10 = (__pyx_v_p == __pyx_v_end);
+
+        if (!__pyx_t_10) {
+
+        } else {
+
+          __pyx_t_9 = __pyx_t_10;
+
+          goto __pyx_L14_bool_binop_done;
+        }
+        __pyx_t_10 = ((__pyx_v_p[0]) != 0x97);
+
+
+        __pyx_t_9 = __pyx_t_10;
+
+        __pyx_L14_bool_binop_done:;
+        if (unlikely(__pyx_t_9)) {
+
+
+          /* "turbo_queue/_kafka_codec.pyx":281
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:
+ *                 raise ValueError("not a 7-field record")             # <<<<<<<<<<<<<<
+ *             p += 1
+ *             value = _read(&p, end, 0)
+*/
+          __pyx_t_4 = NULL;
+          __pyx_t_11 = 1;
+          {
+            PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_7_field_record};
+            __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 281, __pyx_L5_error)
+            __Pyx_GOTREF(__pyx_t_5);
+          }
+          __Pyx_Raise(__pyx_t_5, 0, 0, 0);
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+          __PYX_ERR(0, 281, __pyx_L5_error)
+
+          /* "turbo_queue/_kafka_codec.pyx":280
+ *         try:
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:             # <<<<<<<<<<<<<<
+ *                 raise ValueError("not a 7-field record")
+ *             p += 1
+*/
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":282
+ *             if p == end or p[0] != 0x97:
+ *                 raise ValueError("not a 7-field record")
+ *             p += 1             # <<<<<<<<<<<<<<
+ *             value = _read(&p, end, 0)
+ *             key = _read(&p, end, 0)
+*/
+        __pyx_v_p = (__pyx_v_p + 1);
+
+        /* "turbo_queue/_kafka_codec.pyx":283
+ *                 raise ValueError("not a 7-field record")
+ *             p += 1
+ *             value = _read(&p, end, 0)             # <<<<<<<<<<<<<<
+ *             key = _read(&p, end, 0)
+ *             headers = _read(&p, end, 0)
+*/
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 283, __pyx_L5_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __Pyx_XDECREF_SET(__pyx_v_value, __pyx_t_5);
+        __pyx_t_5 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":284
+ *             p += 1
+ *             value = _read(&p, end, 0)
+ *             key = _read(&p, end, 0)             # <<<<<<<<<<<<<<
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+*/
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 284, __pyx_L5_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_5);
+        __pyx_t_5 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":285
+ *             value = _read(&p, end, 0)
+ *             key = _read(&p, end, 0)
+ *             headers = _read(&p, end, 0)             # <<<<<<<<<<<<<<
+ *             ts = _read(&p, end, 0)
+ *         except ValueError as e:
+*/
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 285, __pyx_L5_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __Pyx_XDECREF_SET(__pyx_v_headers, __pyx_t_5);
+        __pyx_t_5 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":286
+ *             key = _read(&p, end, 0)
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)             # <<<<<<<<<<<<<<
+ *         except ValueError as e:
+ *             errors.append((i, e))
+*/
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 286, __pyx_L5_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __Pyx_XDECREF_SET(__pyx_v_ts, __pyx_t_5);
+        __pyx_t_5 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":278
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+ *         end = p + PyBytes_GET_SIZE(b)
+ *         try:             # <<<<<<<<<<<<<<
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:
+*/
+      }
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+      goto __pyx_L12_try_end;
+      __pyx_L5_error:;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+
+      /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *         except ValueError as e:             # <<<<<<<<<<<<<<
+ *             errors.append((i, e))
+ *             continue
+*/
+      __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_ValueError))));
+      if (__pyx_t_12) {
+        __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
+        if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_13) < 0) __PYX_ERR(0, 287, __pyx_L7_except_error)
+        __Pyx_XGOTREF(__pyx_t_5);
+        __Pyx_XGOTREF(__pyx_t_4);
+        __Pyx_XGOTREF(__pyx_t_13);
+        __Pyx_INCREF(__pyx_t_4);
+        __pyx_v_e = ((PyObject*)__pyx_t_4);
+        /*try:*/ {
+
+          /* "turbo_queue/_kafka_codec.pyx":288
+ *             ts = _read(&p, end, 0)
+ *         except ValueError as e:
+ *             errors.append((i, e))             # <<<<<<<<<<<<<<
+ *             continue
+ *         try:
+*/
+          if (unlikely(__pyx_v_errors == Py_None)) {
+            PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
+            __PYX_ERR(0, 288, __pyx_L21_error)
+          }
+          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 288, __pyx_L21_error)
+          __Pyx_GOTREF(__pyx_t_14);
+          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 288, __pyx_L21_error)
+          __Pyx_GOTREF(__pyx_t_15);
+          __Pyx_GIVEREF(__pyx_t_14);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 288, __pyx_L21_error);
+          __Pyx_INCREF(__pyx_v_e);
+          __Pyx_GIVEREF(__pyx_v_e);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 288, __pyx_L21_error);
+          __pyx_t_14 = 0;
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 288, __pyx_L21_error)
+          __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+
+
+          /* "turbo_queue/_kafka_codec.pyx":289
+ *         except ValueError as e:
+ *             errors.append((i, e))
+ *             continue             # <<<<<<<<<<<<<<
+ *         try:
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+*/
+          goto __pyx_L18_continue;
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *         except ValueError as e:             # <<<<<<<<<<<<<<
+ *             errors.append((i, e))
+ *             continue
+*/
+        /*finally:*/ {
+          __pyx_L21_error:;
+          /*exception exit:*/{
+            __Pyx_PyThreadState_declare
+            __Pyx_PyThreadState_assign
+            __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0; __pyx_t_22 = 0; __pyx_t_23 = 0; __pyx_t_24 = 0;
+            __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
+            __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
+             __Pyx_ExceptionSwap(&__pyx_t_22, &__pyx_t_23, &__pyx_t_24);
+            if ( unlikely(__Pyx_GetException(&__pyx_t_19, &__pyx_t_20, &__pyx_t_21) < 0)) __Pyx_ErrFetch(&__pyx_t_19, &__pyx_t_20, &__pyx_t_21);
+            __Pyx_XGOTREF(__pyx_t_19);
+            __Pyx_XGOTREF(__pyx_t_20);
+            __Pyx_XGOTREF(__pyx_t_21);
+            __Pyx_XGOTREF(__pyx_t_22);
+            __Pyx_XGOTREF(__pyx_t_23);
+            __Pyx_XGOTREF(__pyx_t_24);
+            __pyx_t_12 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
+            {
+              __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
+            }
+            __Pyx_XGIVEREF(__pyx_t_22);
+            __Pyx_XGIVEREF(__pyx_t_23);
+            __Pyx_XGIVEREF(__pyx_t_24);
+            __Pyx_ExceptionReset(__pyx_t_22, __pyx_t_23, __pyx_t_24);
+            __Pyx_XGIVEREF(__pyx_t_19);
+            __Pyx_XGIVEREF(__pyx_t_20);
+            __Pyx_XGIVEREF(__pyx_t_21);
+            __Pyx_ErrRestore(__pyx_t_19, __pyx_t_20, __pyx_t_21);
+            __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0; __pyx_t_22 = 0; __pyx_t_23 = 0; __pyx_t_24 = 0;
+            __pyx_lineno = __pyx_t_12; __pyx_clineno = __pyx_t_17; __pyx_filename = __pyx_t_18;
+            goto __pyx_L7_except_error;
+          }
+          __pyx_L18_continue: {
+            __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
+            goto __pyx_L16_except_continue;
+          }
+        }
+        __pyx_L16_except_continue:;
+        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
+        goto __pyx_L11_try_continue;
+      }
+      goto __pyx_L7_except_error;
+
+      /* "turbo_queue/_kafka_codec.pyx":278
+ *         p = <const unsigned char*>PyBytes_AS_STRING(b)
+ *         end = p + PyBytes_GET_SIZE(b)
+ *         try:             # <<<<<<<<<<<<<<
+ *             # Only what is produced: value, key, headers, timestamp (not where it came from).
+ *             if p == end or p[0] != 0x97:
+*/
+      __pyx_L7_except_error:;
+      __Pyx_XGIVEREF(__pyx_t_6);
+      __Pyx_XGIVEREF(__pyx_t_7);
+      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_ExceptionReset(__pyx_t_6, __pyx_t_7, __pyx_t_8);
+      goto __pyx_L1_error;
+      __pyx_L11_try_continue:;
+      __Pyx_XGIVEREF(__pyx_t_6);
+      __Pyx_XGIVEREF(__pyx_t_7);
+      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_ExceptionReset(__pyx_t_6, __pyx_t_7, __pyx_t_8);
+      goto __pyx_L3_continue;
+      __pyx_L12_try_end:;
+    }
+
+    /* "turbo_queue/_kafka_codec.pyx":290
+ *             errors.append((i, e))
+ *             continue
+ *         try:             # <<<<<<<<<<<<<<
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+*/
+    {
+      __Pyx_PyThreadState_declare
+      __Pyx_PyThreadState_assign
+      __Pyx_ExceptionSave(&__pyx_t_8, &__pyx_t_7, &__pyx_t_6);
+      __Pyx_XGOTREF(__pyx_t_8);
+      __Pyx_XGOTREF(__pyx_t_7);
+      __Pyx_XGOTREF(__pyx_t_6);
+      /*try:*/ {
+
+        /* "turbo_queue/_kafka_codec.pyx":291
+ *             continue
+ *         try:
+ *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *         except BufferError:
+*/
+        __pyx_t_4 = NULL;
+        __Pyx_INCREF(__pyx_v_produce);
+        __pyx_t_5 = __pyx_v_produce; 
+        __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 291, __pyx_L27_error)
+        if (__pyx_t_9) {
+          __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 291, __pyx_L27_error)
+          __Pyx_GOTREF(__pyx_t_14);
+          __pyx_t_15 = __pyx_t_14;
+          __pyx_t_14 = 0;
+        } else {
+          __Pyx_INCREF(Py_None);
+          __pyx_t_15 = Py_None;
+        }
+
+
+        /* "turbo_queue/_kafka_codec.pyx":292
+ *         try:
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *                     timestamp=ts or 0, on_delivery=on_delivery)             # <<<<<<<<<<<<<<
+ *         except BufferError:
+ *             return i
+*/
+        __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 292, __pyx_L27_error)
+        if (!__pyx_t_9) {
+        } else {
+          __Pyx_INCREF(__pyx_v_ts);
+          __pyx_t_14 = __pyx_v_ts;
+          goto __pyx_L35_bool_binop_done;
+        }
+        __pyx_t_25 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 292, __pyx_L27_error)
+        __Pyx_GOTREF(__pyx_t_25);
+        __pyx_t_14 = __pyx_t_25;
+        __pyx_t_25 = 0;
+        __pyx_L35_bool_binop_done:;
+        #if CYTHON_VECTORCALL
+
+        /* "turbo_queue/_kafka_codec.pyx":291
+ *             continue
+ *         try:
+ *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *         except BufferError:
+*/
+        #endif
+        __pyx_t_11 = 1;
+        #if CYTHON_UNPACK_METHODS
+        if (unlikely(PyMethod_Check(__pyx_t_5))) {
+          __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_5);
+          assert(__pyx_t_4);
+          PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+          __Pyx_INCREF(__pyx_t_4);
+          __Pyx_INCREF(__pyx__function);
+          __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+          __pyx_t_11 = 0;
+        }
+        #endif
+        {
+          PyObject *__pyx_callargs[7] = {__pyx_t_4, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_t_15, __pyx_t_14, __pyx_v_on_delivery};
+          #if CYTHON_VECTORCALL
+          __pyx_t_25 = __pyx_mstate_global->__pyx_tuple[0];
+          if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 291, __pyx_L27_error)
+          __Pyx_INCREF(__pyx_t_25);
+          #else
+          {
+            PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
+            __pyx_t_25 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 3);
+            if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 291, __pyx_L27_error)
+            __Pyx_GOTREF(__pyx_t_25);
+          }
+          #endif
+          __pyx_t_13 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_25);
+          __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+          #if CYTHON_VECTORCALL
+          #endif
+          __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+          __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+          __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+          if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 291, __pyx_L27_error)
+          __Pyx_GOTREF(__pyx_t_13);
+        }
+        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":290
+ *             errors.append((i, e))
+ *             continue
+ *         try:             # <<<<<<<<<<<<<<
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+*/
+      }
+      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+      goto __pyx_L34_try_end;
+      __pyx_L27_error:;
+      __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
+      __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
+      __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
+      __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+
+      /* "turbo_queue/_kafka_codec.pyx":293
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *         except BufferError:             # <<<<<<<<<<<<<<
+ *             return i
+ *         except catch as e:
+*/
+      __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BufferError))));
+      if (__pyx_t_17) {
+        __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
+        if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_5, &__pyx_t_25) < 0) __PYX_ERR(0, 293, __pyx_L29_except_error)
+        __Pyx_XGOTREF(__pyx_t_13);
+        __Pyx_XGOTREF(__pyx_t_5);
+        __Pyx_XGOTREF(__pyx_t_25);
+
+        /* "turbo_queue/_kafka_codec.pyx":294
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *         except BufferError:
+ *             return i             # <<<<<<<<<<<<<<
+ *         except catch as e:
+ *             errors.append((i, e))
+*/
+        __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 294, __pyx_L29_except_error)
+        __Pyx_GOTREF(__pyx_t_14);
+        {
+          PyObject *__pyx_temp;
+          {
+            __pyx_temp = __pyx_r;
+            __pyx_r = __pyx_t_14;
+          }
+          __Pyx_XDECREF(__pyx_temp);
+        }
+        __pyx_t_14 = 0;
+        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+        __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
+        goto __pyx_L30_except_return;
+      }
+
+      /* "turbo_queue/_kafka_codec.pyx":295
+ *         except BufferError:
+ *             return i
+ *         except catch as e:             # <<<<<<<<<<<<<<
+ *             errors.append((i, e))
+ *     return n
+*/
+      __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(__pyx_v_catch);
+      if (__pyx_t_17) {
+        __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
+        if (__Pyx_GetException(&__pyx_t_25, &__pyx_t_5, &__pyx_t_13) < 0) __PYX_ERR(0, 295, __pyx_L29_except_error)
+        __Pyx_XGOTREF(__pyx_t_25);
+        __Pyx_XGOTREF(__pyx_t_5);
+        __Pyx_XGOTREF(__pyx_t_13);
+        __Pyx_INCREF(__pyx_t_5);
+        __pyx_v_e = __pyx_t_5;
+        /*try:*/ {
+
+          /* "turbo_queue/_kafka_codec.pyx":296
+ *             return i
+ *         except catch as e:
+ *             errors.append((i, e))             # <<<<<<<<<<<<<<
+ *     return n
+*/
+          if (unlikely(__pyx_v_errors == Py_None)) {
+            PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
+            __PYX_ERR(0, 296, __pyx_L44_error)
+          }
+          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 296, __pyx_L44_error)
+          __Pyx_GOTREF(__pyx_t_14);
+          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 296, __pyx_L44_error)
+          __Pyx_GOTREF(__pyx_t_15);
+          __Pyx_GIVEREF(__pyx_t_14);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 296, __pyx_L44_error);
+          __Pyx_INCREF(__pyx_v_e);
+          __Pyx_GIVEREF(__pyx_v_e);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 296, __pyx_L44_error);
+          __pyx_t_14 = 0;
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 296, __pyx_L44_error)
+          __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":295
+ *         except BufferError:
+ *             return i
+ *         except catch as e:             # <<<<<<<<<<<<<<
+ *             errors.append((i, e))
+ *     return n
+*/
+        /*finally:*/ {
+          /*normal exit:*/{
+            __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
+            goto __pyx_L45;
+          }
+          __pyx_L44_error:;
+          /*exception exit:*/{
+            __Pyx_PyThreadState_declare
+            __Pyx_PyThreadState_assign
+            __pyx_t_24 = 0; __pyx_t_23 = 0; __pyx_t_22 = 0; __pyx_t_21 = 0; __pyx_t_20 = 0; __pyx_t_19 = 0;
+            __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
+            __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
+            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+             __Pyx_ExceptionSwap(&__pyx_t_21, &__pyx_t_20, &__pyx_t_19);
+            if ( unlikely(__Pyx_GetException(&__pyx_t_24, &__pyx_t_23, &__pyx_t_22) < 0)) __Pyx_ErrFetch(&__pyx_t_24, &__pyx_t_23, &__pyx_t_22);
+            __Pyx_XGOTREF(__pyx_t_24);
+            __Pyx_XGOTREF(__pyx_t_23);
+            __Pyx_XGOTREF(__pyx_t_22);
+            __Pyx_XGOTREF(__pyx_t_21);
+            __Pyx_XGOTREF(__pyx_t_20);
+            __Pyx_XGOTREF(__pyx_t_19);
+            __pyx_t_17 = __pyx_lineno; __pyx_t_12 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
+            {
+              __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
+            }
+            __Pyx_XGIVEREF(__pyx_t_21);
+            __Pyx_XGIVEREF(__pyx_t_20);
+            __Pyx_XGIVEREF(__pyx_t_19);
+            __Pyx_ExceptionReset(__pyx_t_21, __pyx_t_20, __pyx_t_19);
+            __Pyx_XGIVEREF(__pyx_t_24);
+            __Pyx_XGIVEREF(__pyx_t_23);
+            __Pyx_XGIVEREF(__pyx_t_22);
+            __Pyx_ErrRestore(__pyx_t_24, __pyx_t_23, __pyx_t_22);
+            __pyx_t_24 = 0; __pyx_t_23 = 0; __pyx_t_22 = 0; __pyx_t_21 = 0; __pyx_t_20 = 0; __pyx_t_19 = 0;
+            __pyx_lineno = __pyx_t_17; __pyx_clineno = __pyx_t_12; __pyx_filename = __pyx_t_18;
+            goto __pyx_L29_except_error;
+          }
+          __pyx_L45:;
+        }
+        __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
+        __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
+        goto __pyx_L28_exception_handled;
+      }
+      goto __pyx_L29_except_error;
+
+      /* "turbo_queue/_kafka_codec.pyx":290
+ *             errors.append((i, e))
+ *             continue
+ *         try:             # <<<<<<<<<<<<<<
+ *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+*/
+      __pyx_L29_except_error:;
+      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_XGIVEREF(__pyx_t_7);
+      __Pyx_XGIVEREF(__pyx_t_6);
+      __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
+      goto __pyx_L1_error;
+      __pyx_L30_except_return:;
+      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_XGIVEREF(__pyx_t_7);
+      __Pyx_XGIVEREF(__pyx_t_6);
+      __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
+      goto __pyx_L0;
+      __pyx_L28_exception_handled:;
+      __Pyx_XGIVEREF(__pyx_t_8);
+      __Pyx_XGIVEREF(__pyx_t_7);
+      __Pyx_XGIVEREF(__pyx_t_6);
+      __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
+      __pyx_L34_try_end:;
+    }
+    __pyx_L3_continue:;
+  }
+
+
+  /* "turbo_queue/_kafka_codec.pyx":297
+ *         except catch as e:
+ *             errors.append((i, e))
+ *     return n             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_13 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_13);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_13;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_13 = 0;
+  goto __pyx_L0;
+
+  /* "turbo_queue/_kafka_codec.pyx":265
+ * 
+ * 
+ * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
+ *     first BufferError (the client's queue is full) and returns that index, to be called again
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_XDECREF(__pyx_t_14);
+  __Pyx_XDECREF(__pyx_t_15);
+  __Pyx_XDECREF(__pyx_t_25);
+  __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+
+
+  __Pyx_XDECREF(__pyx_v_b);
+  __Pyx_XDECREF(__pyx_v_value);
+  __Pyx_XDECREF(__pyx_v_key);
+  __Pyx_XDECREF(__pyx_v_headers);
+  __Pyx_XDECREF(__pyx_v_ts);
+  __Pyx_XDECREF(__pyx_v_e);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
@@ -5450,19 +8091,49 @@ __Pyx_RefNannySetupContext("PyInit__kafka_codec", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "turbo_queue/_kafka_codec.pyx":98
+  /* "turbo_queue/_kafka_codec.pyx":100
  * 
  * 
  * def pack_messages(list msgs, list errors):             # <<<<<<<<<<<<<<
  *     """Pack every message of `msgs` without an error into a list of bytes; messages whose
  *     ``error()`` is set are appended to `errors` instead."""
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_11turbo_queue_12_kafka_codec_1pack_messages, 0, __pyx_mstate_global->__pyx_n_u_pack_messages_2, NULL, __pyx_mstate_global->__pyx_n_u_turbo_queue__kafka_codec, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 98, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_11turbo_queue_12_kafka_codec_1pack_messages, 0, __pyx_mstate_global->__pyx_n_u_pack_messages_2, NULL, __pyx_mstate_global->__pyx_n_u_turbo_queue__kafka_codec, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 100, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pack_messages_2, __pyx_t_2) < (0)) __PYX_ERR(0, 98, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pack_messages_2, __pyx_t_2) < (0)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":259
+ * 
+ * 
+ * def unpack_record(bytes data, record_type):             # <<<<<<<<<<<<<<
+ *     """The record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if
+ *     `data` is not one this reader knows (the caller then asks msgpack)."""
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_11turbo_queue_12_kafka_codec_3unpack_record, 0, __pyx_mstate_global->__pyx_n_u_unpack_record, NULL, __pyx_mstate_global->__pyx_n_u_turbo_queue__kafka_codec, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_unpack_record, __pyx_t_2) < (0)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "turbo_queue/_kafka_codec.pyx":265
+ * 
+ * 
+ * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
+ *     first BufferError (the client's queue is full) and returns that index, to be called again
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_11turbo_queue_12_kafka_codec_5produce_packed, 0, __pyx_mstate_global->__pyx_n_u_produce_packed, NULL, __pyx_mstate_global->__pyx_n_u_turbo_queue__kafka_codec, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_produce_packed, __pyx_t_2) < (0)) __PYX_ERR(0, 265, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /*--- Wrapped vars code ---*/
@@ -5515,10 +8186,53 @@ static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
 
 static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
+
+  /* "turbo_queue/_kafka_codec.pyx":291
+ *             continue
+ *         try:
+ *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *         except BufferError:
+*/
+  {
+    PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 291, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
+  #if CYTHON_IMMORTAL_CONSTANTS
+  {
+    PyObject **table = __pyx_mstate->__pyx_tuple;
+    for (Py_ssize_t i=0; i<1; ++i) {
+      #if PY_VERSION_HEX >= 0x030F0000
+      PyUnstable_SetImmortal(table[i]);
+      #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
+      if ((PY_SSIZE_T_MAX <= _Py_IMMORTAL_REFCNT_LOCAL)) break;
+      #if PY_VERSION_HEX < 0x030E0000
+      if (_Py_IsOwnedByCurrentThread(table[i]) && Py_REFCNT(table[i]) == 1)
+      #else
+      if (PyUnstable_Object_IsUniquelyReferenced(table[i]))
+      #endif
+      {
+        Py_SET_REFCNT(table[i], ((Py_ssize_t)_Py_IMMORTAL_REFCNT_LOCAL + 1));
+      }
+      #else
+      if ((PY_SSIZE_T_MAX < _Py_IMMORTAL_INITIAL_REFCNT)) break;
+      Py_SET_REFCNT(table[i], _Py_IMMORTAL_INITIAL_REFCNT);
+      #endif
+    }
+  }
+  #endif
   __Pyx_RefNannyFinishContext();
   return 0;
+  __pyx_L1_error:;
+  __Pyx_RefNannyFinishContext();
+  return -1;
 }
 /* #### Code section: init_constants ### */
 
@@ -5528,32 +8242,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{7},{9},{1},{179},{8},{15},{32},{20},{12},{8},{8},{10},{8},{12},{13},{18},{1},{18},{3},{5},{8},{6},{11},{7},{10},{2},{2},{1},{5},{3},{6},{4},{10},{1},{4},{2},{6},{9},{3},{1},{13},{9},{12},{3},{10},{4},{9},{12},{5},{7},{8},{2},{24},{5},{8},{6}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{653}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{7},{24},{9},{3},{1},{179},{8},{15},{20},{15},{32},{21},{20},{12},{8},{8},{10},{8},{7},{12},{13},{18},{1},{5},{18},{3},{4},{1},{3},{5},{8},{6},{11},{7},{10},{2},{2},{1},{5},{3},{6},{4},{10},{1},{4},{1},{2},{6},{9},{11},{3},{1},{13},{6},{9},{12},{3},{7},{14},{11},{10},{4},{5},{9},{12},{5},{7},{8},{9},{2},{24},{13},{5},{8},{6}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{21},{653},{255}};
     #ifndef CYTHON_COMPRESS_STRINGS
-      #define CYTHON_COMPRESS_STRINGS 0
+      #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (865 bytes) */
-static const char cstring[] = "x\332mQ\301n\333F\020\215\032)`*:\025\235\024i\233\024X\2651\204\026\215\002\331\216\343\026\005\n\325\215\200\240\200aY\010\002$\207\305\222\\J\033Q$\305]\252QO9\362\270\307=\362\310#\217:\352\350#\217<\346\023\362\t\035R\266\352\240%\210\231\331\2317;o\336\"2\363\2751B3\3129\031S\376\333\251/(\022\023\"\320\311RL|\0171\216l\3522\223\206DPw\211\270\010\231%hX\202<t\366\374\354\361\341\361!\"\236\215B\372\226Z\202#\036\231\226K8\247\034\371\0162#\346\n\346!\261\014(\357\242\027\016Z\372\021\362(\265\221\360Q\000\270\353\rbB=\304\251(\003\324!\236\347\013\"\230\357ahg\336\270\203l\026\302\020\266\240e\367\200\270\234v\211mc\300\321\200XS|\265\310/\210\207\326\023\021\205\246\217\347\021\215\350\023<%\316\224`\313\267\251\325\r\226\3570>\003s\266\374\003\326\301\247\364\2358\247\016\306\227#)\206\317\211<\253\3643\302\274\312\373v\344V\025\217\314*?\217\210{\0313\016W\207~\004\273R\302\227\236\305\374\3566\301aAp\030\356\021!\261\250\tT-\340\036\206~X\031\354;\225\347\023Jl\032\342)]^\206W\016\020\223\351d\301\230\2403\016e\370!5e\236\r\322\t,\374\200Y\263\031\037so\342;\016H\270\261\200\001\n\301\047\332\004$\024\254Tu\033\000*\360\003\200\333\324!\221+8\373\233\n\006xAf\3016\000T5\2462\330\3348\310\361k2w\257\313\274 nD+\003\260\312\363\367\265\217\267n4\276\224\375\242\376\255\032\026\365\257\225\361\361\363\033\r\355\275\210{\205\366E</\313\315\370QLb!{%\354N\374Vi\311N:\312\264\325\315\325\361\372`\355\\\234\\\314\213\372\256\374Q\235\246?e\326\352\341zt\241\345g\243|\204sl\346\246U\324\265\270\021\017\013\255\031\037\306syS>S\355B\337\225?\250^\376\360q:L\355\254\235\355\347O\007k\262\346\027\355\022w\014\323N\344_\212\224\270\2162\312\206\235BkIM\325\224QhwbG\366%\\Y\216\355\003u\310P\371\253\232\047\265k\250f|$\357\002k\035\366*\364\3732R\203\244\223\032i\273\334-\224\273\362g\350}\225\374\236\260t\2365\262\321\252\261z\271\376~\375\n6\n\363\341\353\374\365\233\374\215\235\333N\356\2147\244\016$\020\272\047\373\037t\243\274\030\010\350\337\250\266:Jv\223^Y""\370\263\"\240\267dC\276\204|\257h\335\223\317\325\375\244\226\030E\353\201\352\301\374\275\204\247\235\314\310\332E\353+\365\231\372N\275H\206\311\024\022\2172su{m\254\201\234\236\353{\220u\322~\025\303\323\200\020\332\355\330\210\367\342E\271\265\036\017d[\356\313s\311U\373\352X\222\373\227\345N<\004E\216\312\305\ri|\3207\242\334U\375O\350AI\356\311\005\010\010L\007\220\333W\347\212\203H\017\262~\266M\036\2501\3201\323ZZ\211\372\024\236\260\367\177\023nI\362\037BW\241\233\264A\243\355\221m\236\252\031?\203c\257\2507\343\336?\250\336\363\207";
-    PyObject *data = __Pyx_DecompressString(cstring, 865, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1133 bytes) */
+static const char cstring[] = "x\332mRMo\333F\020\265b+\220k:\221d\047i\033\247X\2711\214\026\265\023\372\273E\201Bu\354&haX\026\214\000\311\201X\222K\211\026EJ\334\245\"\025E\221#\217{\334#\217:\362\250\243\216>\362\310\243\177\202\177Bg)\331\265\321\032\362\316rv>\336\2747\010\267=\267\201\220M\221\3531\324\301>C\236\2050\362\211\341\371&j\023Jq\203\320\327[\375_N<F\020kb\206\016\007\254\351\2712\311$\216\255\023\0373\342\014\020e\276m0\342\313 \027\235\036\235n\354\034\354 \354\232P\355\202\030\214\"\032\350\206\203)%Tv\321\003\333a\266\213\330\240C\350&zg\241\201\027 \227\020\0231\017\260\320{\t\254I\\D\t\223\027\264\216]\300\213\231\355\271\032\244\333nc\035\2316\200fv\217\310\354c\354P\262\211MS\2038\322\246\215\0166ZY\047\364\272/G\305h\177\303\262\211cNG\225\357\332\315\270?!\352\033\257X\340\353\236\326\rH@^i-l\265\260fx&16;\203>\363\003\327\200\261M\344\301\274\236\007L\220\216\246\235\016\372\360\377\006h\320NH\237\235\021K\323\246P\211\006\177\026dI\333\306\266\233Y\317\014\234\354\305\305\355\211%\237\244\351\006\330\231\272l\nm}/\000\252\010\246\003\327\260\275\315[\007\325\001\205\3214\034\270kP\223\371\330 :\314b8\324\304\014\023\342\232\304\367=?;4\317\312,m\022\014n\255E\006\323\353\215\201\210f\253\331\263mI\032<\303\017\\-\3335A\006\2461\257c\033m\240\223\272n\323\263,\320crB\020H!\327\241G|\220\221u\356\021*?\210)\327\313\226\232\335^ \255\343u:>\320`\220\251\321&\301\023Y\264l9\0103\211\205\003\207Q\373OB\031d3\273-/\355\316\355\005Je\350\262C\323\047\006|7B1zG\317\315\273z\006n\206u\322\260\207\235\200d\007$g\226~\316]?\234\311+\341./\210\234x\0215\206\265!\2368\237\360j:\367B\324\322\271\257D\351\372\213\231|\3413\013\325\264\3608\354\312\347\205\360e\210C\306U\031\366(\274\020\205hqX\217\013\243\331\321\301x{l]\036^v\323\2712\377^\234\014\177\210\215\321\312\270~YHN\353I]K4=\321\215t\256\020\346\303ZZX\010w\302.\237\345\373\242\222*e\376\235P\223\225\r\300a\306\225x+\331=\036\3431\275\254\310\270\003\350v\310?\t,\343\326EI&,\246\205b\006\276\224\026\036\205\026\257r()""\333V\001:x\010\377Yt\243\334\235\250\205p\217/\001j\005\346J\225g<\020\307\321\372\2604\254\310\331|^\346?B\356\373\350\327\310\036v\343|\\\037\345G\347\343o\307\357a\"?\251}H>|L>\232\211i%Vc\002j\233\003\240e^\275RJ\2620\000P\276\026\025\261\027\225#U>\374\236\001P\212<\317\317\301\257\246\305e~$\236E\271\250\224\026\237\013\025\372\257Et\270\036\227\342JZ\374R<\020\253\342]T\213Z\340x\031\353\243\371qi\014\340\224DY\003\2575\254fw\220\006\210(\314\207\245p-\354\311\251\225\360\230W\370\026?\343TTn>%\270\177Q.\2065`dO\016^\342\245+eB\312\222\250\336\203\007O|\215\367\200@@z\014\276-q&(\220\364<\256\306\267\316m\321\0008\37207\314H\335\005\t\325\377\353\360\220\343\377\000\272\271:Q\0058\272\375\264\047R-\204\373\360\251\246s\013\241\n\313\010\273\267\002\335\260\350^\027f\362\363\2605\347\360\274?)\3716\303\242f\224\254&\253\333\261\032W\245\356:\177\220\224W\047\345\347\257\024\251\354\022\177#f\201\356\252\250G\263\340/>\345\027\231\010\022\251\024\352H\256\024t\"R\2672P\320\315\3109\222!O9\231\246\346\243\232\314x\002cu\241\336\256D\3748\374\033\330\312\266\262,\241f{9\237*K\260\261\277\211}\320\267?d\000\355\217\361\342e-]\376F\030\321Rt\030\375\025\253\351\343b\026&k\014D\356n\r9\376?\256\240\237\316";
+    PyObject *data = __Pyx_DecompressString(cstring, 1133, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1278 bytes) */
-static const char bytes[] = " among  messages?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notepack_messages: src/turbo_queue/_kafka_codec.pyx__Pyx_PyDict_NextRef__annotate____func____main____module____name____qualname___is_coroutineasyncio.coroutinesbcline_in_tracebackclserrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnhoffsetoffset_ofoutppack_messagespartitionpartition_ofpopsetdefaultsizetimestamptimestamp_oftopictopic_btopic_oftsturbo_queue._kafka_codecvaluevalue_ofvalues\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005\220U\230!\2301\330\020\024\220E\230\027\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q""\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101";
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1443 bytes) */
+static const char cstring[] = "\377 among  \377is not p\377art of a\377 record \377messages\37702x?Note\377 that Cy\357thon1\001del\377iberatel\377y strict\373er!\001n PEP\377-484 and\376K\000jects s\377ubclasse\375sb\001builti\377n types.\377 If you \177need to\211\000\375s$\nthen s\373et\200\000e \047an~\255\000ation_<\000\177ing\047 di\262\000\367tiv\242\000o Fa\377lse.add_\376\325\000emsgpac\335ke\002 0x\347\001a \1777-field\344\004\372\034\001_\347\005: src\377/turbo_q\377ueue/_ka\377fka_code\377c.pyxtru\273nc\364\000d o\355\000o\377o deep__\327Pyx\001\000D\204 _N\377extRef__~\244\004e____f3\000\336\004\001main\003\002od\273ul\025\002nam\002\003e\275w%\001qual\014\004i\335st\000rou\250 ea\177syncio.\232@\366\013\003sb\203\000chcl\357ine_Q\000tra\367ceb\351\000clsd\377ataeende\357rror\000\002_of\336\010\002shea\024\000_k\323ey\004\004\013\004s\037\000hk\037hviit\262 \034\000\037\000\3362\000kind\265@t_\277topicm\314 s?nnhoff\215@\000\003\270W\000\210@\213aver\304@tYp\304*\372!ed\333ai\260A|\000\006\216\000poppr\204 \213ce\000\004_\047\003\374c\332Ae\376\363@default\377sizestarottim\005\001mp\000\006\330\331\000\231\002\236\002_b\001\003of\326\240Fts\305H.\304Iun|\370B\355\204\003value\000\002\374\252 \010\002s\200\001\360\006\000\377\005\014\2105\220\010\230\001\377\230\035\240g\250Q\250a\376\017\003\025\220A\330\004\035\230\377Q\330\004\031\230\021\360\n\377\000\005\010\200t\2101\330\357\010\017\210q0\001\013\210$\277\210a\210t\2201#\001\016\377\210j\230\010\240\r\250S\377\260\010\270\003\2708\3003\377\300f\310C\310q\330\004\377\022\220*\230N\250,\260\377c\270\034\300S\310\010\320\377PS\320S_\320_b\377\320bc\330\004\010\210\005\377\210Q\330\010\013\2104\210\377q\220\003\2207\230!\330\377\014\022\220)\2301\320\034\375-\205\000d\260!\2602\320\3775F\300a\300s\310!\372$\0018k\000C\220w\230a\356$\001\047\230\021-\001\r\330\010\375\020\270\002\021\330\010\016\210f\047\220A\220P\000s\001A\270\000\017\000\177e\220<\230q\240\001\033\010_\013\2106\220\023\332\000\014\325\000\377\330\014\027\220u\230F""\240\357\047\250\021\250`\000\017\210r\377\220\022\2209\230A\230W\377\240B\240i\250q\260\005\377\260S\270\005\270U\300#\373\300W\317\000r\320QZ\320\377Z[\320[d\320df\267\320fg\217\0033\220\216\000\024\237\220A\340\014\021U\001~\000\014\377\032\230!\2306\240\022\240\2771\330\014\024\220K|\002\014\337\020\220\005\220U\025\0001\330\377\020\024\220E\230\027\240\001\177\240\021\330\020\033\2301}\000\377%\240s\250\047\260\021\260\377!\330\020\030\230\002\230\"\277\230I\240Q\240k\016\000$\177\260b\270\t\300\021\300\375\000\357\014\320\014%\023\000f\250A\343\330\010\t\000\230@\206 \010\t\210\337\021\210%\210v\362\001\014\210\377F\220!\2202\220R\220\305s\310 \010\t\003\231\001\340 8\220\376\241\002\r\210Q\210e\2206w\230\021\330\251\000\021\340\014\265#\357\023\230A\330\223\t\021\220\021O\220%\220v\371@\247\000F\310\000\3372\230R\230s\242 \033\260\357A\260Q\330\016\0043\230g^\242\000b\250\001\250\370 \013\300`s\003\220\354\000P\017\006\220a\200\016N\224\005l\240!\241 \242\006i\245C\367\013\2107\306\0001\330\004\013\357\2101\200\001\370a\034\2303\377\230a\230q\360\010\000\005\325\t\263`U\345\0007\336\003H\220\372\235\0011\216\"\"\320\"3\260\3731\260\235 \016\210b\220\002w\320\022\"Y\003\t\340\014\326A\337\023\220D\230\003\354 A\230\367S\240\003\230@\020\026\220jH\200B\210!\245AE\317ag\000e\264A\375\022\200 q\230\001\230\023\230\275E\245@\014\026\220e4\004\005\253\240Q\272!\025\324\000qM\0005\276\331a\017\210~\230Q\220\204\003\022\376\247\001\330\014\r\330\010\t\330\377\014\023\2201\220G\2307\277\240%\240x\250t\230\000L\377\300\r\310Q\330\024\036\230\377c\240\023\240C\240|\260\3171\330\017\020\"\002\325\205\001y\230\001\0018\t\373\001";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1443, 1734);
+    #define __Pyx_DecompressString_UNUSED
+    if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
+    const char* const bytes = __Pyx_PyBytes_AsString(data);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
+    #endif
+    #else /* compression: none (1734 bytes) */
+static const char bytes[] = " among  is not part of a record messages02x?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notemsgpack type 0xnot a 7-field recordpack_messages: src/turbo_queue/_kafka_codec.pyxtruncated or too deep__Pyx_PyDict_NextRef__annotate____func____main____module____name____new____qualname___is_coroutineasyncio.coroutinesbcatchcline_in_tracebackclsdataeenderrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnnhoffsetoffset_ofon_deliveryoutppack_messagespackedpartitionpartition_ofpopproduceproduce_packedrecord_typesetdefaultsizestarttimestamptimestamp_oftopictopic_btopic_oftruncatedtsturbo_queue._kafka_codecunpack_recordvaluevalue_ofvalues\200\001\360\006\000\005\014\2105\220\010\230\001\230\035\240g\250Q\250a\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005\220U\230!\2301\330\020\024\220E\230\027""\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101\200\001\360\n\000\005\034\2303\230a\230q\360\010\000\005\t\210\005\210U\220!\2207\230!\330\010\014\210H\220F\230!\2301\330\010\014\320\014\"\320\"3\2601\260A\330\010\016\210b\220\002\320\022\"\240!\2401\330\010\t\340\014\017\210r\220\023\220D\230\003\2301\230A\230S\240\003\2401\330\020\026\220j\240\001\240\021\330\014\021\220\021\330\014\024\220E\230\021\230!\2303\230e\2401\330\014\022\220%\220q\230\001\230\023\230E\240\021\330\014\026\220e\2301\230A\230S\240\005\240Q\330\014\021\220\025\220a\220q\230\003\2305\240\001\330\010\017\210~\230Q\330\014\022\220\047\230\022\2303\230a\330\014\r\330\010\t\330\014\023\2201\220G\2307\240%\240x\250t\2601\260L\300\r\310Q\330\024\036\230c\240\023\240C\240|\2601\330\017\020\330\014\023\2201\330\010\017\210y\230\001\330\014\022\220\047\230\022\2303\230a\330\004\013\2101";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 56; i++) {
+    for (int i = 0; i < 75; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 7) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 12) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -5561,8 +8284,8 @@ static const char bytes[] = " among  messages?Note that Cython is deliberately s
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 56; i < 58; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-56].length;
+    for (int i = 75; i < 79; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-75].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -5572,15 +8295,15 @@ static const char bytes[] = " among  messages?Note that Cython is deliberately s
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 58; i++) {
+    for (Py_ssize_t i = 0; i < 79; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 56;
-      for (Py_ssize_t i=0; i<2; ++i) {
+      PyObject **table = stringtab + 75;
+      for (Py_ssize_t i=0; i<4; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -5641,12 +8364,12 @@ static const char bytes[] = " among  messages?Note that Cython is deliberately s
 namespace {
 #endif
 typedef struct {
-    unsigned int argcount : 2;
+    unsigned int argcount : 3;
     unsigned int num_posonly_args : 1;
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 5;
     unsigned int flags : 10;
-    unsigned int first_line : 7;
+    unsigned int first_line : 9;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -5666,9 +8389,19 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 29, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 98};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 29, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 100};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_msgs, __pyx_mstate->__pyx_n_u_errors, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_last_topic, __pyx_mstate->__pyx_n_u_topic_b, __pyx_mstate->__pyx_n_u_header_keys, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_nh, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_cls, __pyx_mstate->__pyx_n_u_error_of, __pyx_mstate->__pyx_n_u_value_of, __pyx_mstate->__pyx_n_u_key_of, __pyx_mstate->__pyx_n_u_headers_of, __pyx_mstate->__pyx_n_u_timestamp_of, __pyx_mstate->__pyx_n_u_topic_of, __pyx_mstate->__pyx_n_u_partition_of, __pyx_mstate->__pyx_n_u_offset_of, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_n_u_key, __pyx_mstate->__pyx_n_u_headers, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_ts, __pyx_mstate->__pyx_n_u_topic, __pyx_mstate->__pyx_n_u_hk, __pyx_mstate->__pyx_n_u_hv};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_turbo_queue__kafka_codec_pyx, __pyx_mstate->__pyx_n_u_pack_messages_2, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_t1_q_at1A_j_S_83fCq_N_c_S_P, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 259};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_record_type};
+    __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_turbo_queue__kafka_codec_pyx, __pyx_mstate->__pyx_n_u_unpack_record, __pyx_mstate->__pyx_kp_b_iso88591_5_gQa, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 265};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_produce, __pyx_mstate->__pyx_n_u_topic, __pyx_mstate->__pyx_n_u_packed, __pyx_mstate->__pyx_n_u_start, __pyx_mstate->__pyx_n_u_on_delivery, __pyx_mstate->__pyx_n_u_catch, __pyx_mstate->__pyx_n_u_errors, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_end, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_n_u_key, __pyx_mstate->__pyx_n_u_headers, __pyx_mstate->__pyx_n_u_ts, __pyx_mstate->__pyx_n_u_e};
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_turbo_queue__kafka_codec_pyx, __pyx_mstate->__pyx_n_u_produce_packed, __pyx_mstate->__pyx_kp_b_iso88591_3aq_U_7_HF_1_31A_b_1_r_D_1AS_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -7935,6 +10668,623 @@ static void __Pyx_RaiseUnboundLocalError(const char *varname) {
     PyErr_Format(PyExc_UnboundLocalError, "local variable '%s' referenced before assignment", varname);
 }
 
+/* decode_c_string */
+static CYTHON_INLINE PyObject* __Pyx_decode_c_string(
+         const char* cstring, Py_ssize_t start, Py_ssize_t stop,
+         const char* encoding, const char* errors,
+         PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors)) {
+    Py_ssize_t length;
+    if (unlikely((start < 0) | (stop < 0))) {
+        size_t slen = strlen(cstring);
+        if (unlikely(slen > (size_t) PY_SSIZE_T_MAX)) {
+            PyErr_SetString(PyExc_OverflowError,
+                            "c-string too long to convert to Python");
+            return NULL;
+        }
+        length = (Py_ssize_t) slen;
+        if (start < 0) {
+            start += length;
+            if (start < 0)
+                start = 0;
+        }
+        if (stop < 0)
+            stop += length;
+    }
+    if (unlikely(stop <= start))
+        return __Pyx_NewRef(__pyx_mstate_global->__pyx_empty_unicode);
+    length = stop - start;
+    cstring += start;
+    if (decode_func) {
+        return decode_func(cstring, length, errors);
+    } else {
+        return PyUnicode_Decode(cstring, length, encoding, errors);
+    }
+}
+
+/* CIntToDigits (used by CIntToPyUnicode) */
+static const char DIGIT_PAIRS_10[2*10*10+1] = {
+    "00010203040506070809"
+    "10111213141516171819"
+    "20212223242526272829"
+    "30313233343536373839"
+    "40414243444546474849"
+    "50515253545556575859"
+    "60616263646566676869"
+    "70717273747576777879"
+    "80818283848586878889"
+    "90919293949596979899"
+};
+static const char DIGIT_PAIRS_8[2*8*8+1] = {
+    "0001020304050607"
+    "1011121314151617"
+    "2021222324252627"
+    "3031323334353637"
+    "4041424344454647"
+    "5051525354555657"
+    "6061626364656667"
+    "7071727374757677"
+};
+static const char DIGITS_HEX[2*16+1] = {
+    "0123456789abcdef"
+    "0123456789ABCDEF"
+};
+
+/* BuildPyUnicode (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char) {
+    PyObject *uval;
+    Py_ssize_t uoffset = ulength - clength;
+#if CYTHON_USE_UNICODE_INTERNALS
+    Py_ssize_t i;
+    void *udata;
+    uval = PyUnicode_New(ulength, 127);
+    if (unlikely(!uval)) return NULL;
+    udata = PyUnicode_DATA(uval);
+    if (uoffset > 0) {
+        i = 0;
+        if (prepend_sign) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, 0, '-');
+            i++;
+        }
+        for (; i < uoffset; i++) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, i, padding_char);
+        }
+    }
+    for (i=0; i < clength; i++) {
+        __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, uoffset+i, chars[i]);
+    }
+#else
+    {
+        PyObject *sign = NULL, *padding = NULL;
+        uval = NULL;
+        if (uoffset > 0) {
+            prepend_sign = !!prepend_sign;
+            if (uoffset > prepend_sign) {
+                padding = PyUnicode_FromOrdinal(padding_char);
+                if (likely(padding) && uoffset > prepend_sign + 1) {
+                    PyObject *tmp = PySequence_Repeat(padding, uoffset - prepend_sign);
+                    Py_DECREF(padding);
+                    padding = tmp;
+                }
+                if (unlikely(!padding)) goto done_or_error;
+            }
+            if (prepend_sign) {
+                sign = PyUnicode_FromOrdinal('-');
+                if (unlikely(!sign)) goto done_or_error;
+            }
+        }
+        uval = PyUnicode_DecodeASCII(chars, clength, NULL);
+        if (likely(uval) && padding) {
+            PyObject *tmp = PyUnicode_Concat(padding, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+        if (likely(uval) && sign) {
+            PyObject *tmp = PyUnicode_Concat(sign, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+done_or_error:
+        Py_XDECREF(padding);
+        Py_XDECREF(sign);
+    }
+#endif
+    return uval;
+}
+
+/* COrdinalToPyUnicode (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value) {
+    return value <= 1114111;
+}
+static PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t ulength, char padding_char) {
+    Py_ssize_t padding_length = ulength - 1;
+    if (likely((padding_length <= 250) && (value < 0xD800 || value > 0xDFFF))) {
+        char chars[256];
+        if (value <= 255) {
+            memset(chars, padding_char, (size_t) padding_length);
+            chars[ulength-1] = (char) value;
+            return PyUnicode_DecodeLatin1(chars, ulength, NULL);
+        }
+        char *cpos = chars + sizeof(chars);
+        if (value < 0x800) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xc0 | (value & 0x1f));
+        } else if (value < 0x10000) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xe0 | (value & 0x0f));
+        } else {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xf0 | (value & 0x07));
+        }
+        cpos -= padding_length;
+        memset(cpos, padding_char, (size_t) padding_length);
+        return PyUnicode_DecodeUTF8(cpos, chars + sizeof(chars) - cpos, NULL);
+    }
+    if (value <= 127 && CYTHON_USE_UNICODE_INTERNALS) {
+        const char chars[1] = {(char) value};
+        return __Pyx_PyUnicode_BuildFromAscii(ulength, chars, 1, 0, padding_char);
+    }
+    {
+        PyObject *uchar, *padding_uchar, *padding, *result;
+        padding_uchar = PyUnicode_FromOrdinal(padding_char);
+        if (unlikely(!padding_uchar)) return NULL;
+        padding = PySequence_Repeat(padding_uchar, padding_length);
+        Py_DECREF(padding_uchar);
+        if (unlikely(!padding)) return NULL;
+        uchar = PyUnicode_FromOrdinal(value);
+        if (unlikely(!uchar)) {
+            Py_DECREF(padding);
+            return NULL;
+        }
+        result = PyUnicode_Concat(padding, uchar);
+        Py_DECREF(padding);
+        Py_DECREF(uchar);
+        return result;
+    }
+}
+
+/* CIntToPyUnicode */
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_unsigned_char(unsigned char value, Py_ssize_t width, char padding_char) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const unsigned char neg_one = (unsigned char) -1, const_zero = (unsigned char) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (unlikely(!(is_unsigned || value == 0 || value > 0) ||
+                    !(sizeof(value) <= 2 || value & ~ (unsigned char) 0x01fffff || __Pyx_CheckUnicodeValue((int) value)))) {
+        PyErr_SetString(PyExc_OverflowError, "%c arg not in range(0x110000)");
+        return NULL;
+    }
+    if (width <= 1) {
+        return PyUnicode_FromOrdinal((int) value);
+    }
+    return __Pyx_PyUnicode_FromOrdinal_Padded((int) value, width, padding_char);
+}
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_unsigned_char(unsigned char value, Py_ssize_t width, char padding_char, char format_char) {
+    char digits[sizeof(unsigned char)*3+2];
+    char *dpos, *end = digits + sizeof(unsigned char)*3+2;
+    const char *hex_digits = DIGITS_HEX;
+    Py_ssize_t length, ulength;
+    int prepend_sign, last_one_off;
+    unsigned char remaining;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const unsigned char neg_one = (unsigned char) -1, const_zero = (unsigned char) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (format_char == 'X') {
+        hex_digits += 16;
+        format_char = 'x';
+    }
+    remaining = value;
+    last_one_off = 0;
+    dpos = end;
+    do {
+        int digit_pos;
+        switch (format_char) {
+        case 'o':
+            digit_pos = abs((int)(remaining % (8*8)));
+            remaining = (unsigned char) (remaining / (8*8));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_8 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 8);
+            break;
+        case 'd':
+            digit_pos = abs((int)(remaining % (10*10)));
+            remaining = (unsigned char) (remaining / (10*10));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_10 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 10);
+            break;
+        case 'x':
+            *(--dpos) = hex_digits[abs((int)(remaining % 16))];
+            remaining = (unsigned char) (remaining / 16);
+            break;
+        default:
+            assert(0);
+            break;
+        }
+    } while (unlikely(remaining != 0));
+    assert(!last_one_off || *dpos == '0');
+    dpos += last_one_off;
+    length = end - dpos;
+    ulength = length;
+    prepend_sign = 0;
+    if (!is_unsigned && value <= neg_one) {
+        if (padding_char == ' ' || width <= length + 1) {
+            *(--dpos) = '-';
+            ++length;
+        } else {
+            prepend_sign = 1;
+        }
+        ++ulength;
+    }
+    if (width > ulength) {
+        ulength = width;
+    }
+    if (ulength == 1) {
+        return PyUnicode_FromOrdinal(*dpos);
+    }
+    return __Pyx_PyUnicode_BuildFromAscii(ulength, dpos, (int) length, prepend_sign, padding_char);
+}
+
+/* PyObjectFastCallMethod */
+#if !CYTHON_VECTORCALL
+static PyObject *__Pyx_PyObject_FastCallMethod(PyObject *name, PyObject *const *args, size_t nargsf) {
+    PyObject *result;
+    switch (__Pyx_PyVectorcall_NARGS(nargsf)) {
+        case 1:
+            return PyObject_CallMethodObjArgs(args[0], name, NULL);
+        case 2:
+            return PyObject_CallMethodObjArgs(args[0], name, args[1], NULL);
+        case 3:
+            return PyObject_CallMethodObjArgs(args[0], name, args[1], args[2], NULL);
+        case 4:
+            return PyObject_CallMethodObjArgs(args[0], name, args[1], args[2], args[3], NULL);
+        case 5:
+            return PyObject_CallMethodObjArgs(args[0], name, args[1], args[2], args[3], args[4], NULL);
+    }
+    PyObject *attr = PyObject_GetAttr(args[0], name);
+    if (unlikely(!attr))
+        return NULL;
+    result = __Pyx_PyObject_FastCall(attr, args+1, nargsf - 1);
+    Py_DECREF(attr);
+    return result;
+}
+#endif
+
+/* GetTopmostException (used by SaveResetException) */
+#if CYTHON_USE_EXC_INFO_STACK && CYTHON_FAST_THREAD_STATE
+static _PyErr_StackItem *
+__Pyx_PyErr_GetTopmostException(PyThreadState *tstate)
+{
+    _PyErr_StackItem *exc_info = tstate->exc_info;
+    while ((exc_info->exc_value == NULL || exc_info->exc_value == Py_None) &&
+           exc_info->previous_item != NULL)
+    {
+        exc_info = exc_info->previous_item;
+    }
+    return exc_info;
+}
+#endif
+
+/* SaveResetException */
+#if CYTHON_FAST_THREAD_STATE
+static CYTHON_INLINE void __Pyx__ExceptionSave(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
+  #if CYTHON_USE_EXC_INFO_STACK && PY_VERSION_HEX >= 0x030B00a4
+    _PyErr_StackItem *exc_info = __Pyx_PyErr_GetTopmostException(tstate);
+    PyObject *exc_value = exc_info->exc_value;
+    if (exc_value == NULL || exc_value == Py_None) {
+        *value = NULL;
+        *type = NULL;
+        *tb = NULL;
+    } else {
+        *value = exc_value;
+        Py_INCREF(*value);
+        *type = (PyObject*) Py_TYPE(exc_value);
+        Py_INCREF(*type);
+        *tb = PyException_GetTraceback(exc_value);
+    }
+  #elif CYTHON_USE_EXC_INFO_STACK
+    _PyErr_StackItem *exc_info = __Pyx_PyErr_GetTopmostException(tstate);
+    *type = exc_info->exc_type;
+    *value = exc_info->exc_value;
+    *tb = exc_info->exc_traceback;
+    Py_XINCREF(*type);
+    Py_XINCREF(*value);
+    Py_XINCREF(*tb);
+  #else
+    *type = tstate->exc_type;
+    *value = tstate->exc_value;
+    *tb = tstate->exc_traceback;
+    Py_XINCREF(*type);
+    Py_XINCREF(*value);
+    Py_XINCREF(*tb);
+  #endif
+}
+static CYTHON_INLINE void __Pyx__ExceptionReset(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb) {
+  #if CYTHON_USE_EXC_INFO_STACK && PY_VERSION_HEX >= 0x030B00a4
+    _PyErr_StackItem *exc_info = tstate->exc_info;
+    PyObject *tmp_value = exc_info->exc_value;
+    exc_info->exc_value = value;
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+  #else
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+    #if CYTHON_USE_EXC_INFO_STACK
+    _PyErr_StackItem *exc_info = tstate->exc_info;
+    tmp_type = exc_info->exc_type;
+    tmp_value = exc_info->exc_value;
+    tmp_tb = exc_info->exc_traceback;
+    exc_info->exc_type = type;
+    exc_info->exc_value = value;
+    exc_info->exc_traceback = tb;
+    #else
+    tmp_type = tstate->exc_type;
+    tmp_value = tstate->exc_value;
+    tmp_tb = tstate->exc_traceback;
+    tstate->exc_type = type;
+    tstate->exc_value = value;
+    tstate->exc_traceback = tb;
+    #endif
+    Py_XDECREF(tmp_type);
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(tmp_tb);
+  #endif
+}
+#endif
+
+/* PyErrExceptionMatches */
+#if CYTHON_FAST_THREAD_STATE
+static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
+    Py_ssize_t i, n;
+    n = PyTuple_GET_SIZE(tuple);
+    for (i=0; i<n; i++) {
+        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
+    }
+    for (i=0; i<n; i++) {
+        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
+    }
+    return 0;
+}
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
+    int result;
+    PyObject *exc_type;
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject *current_exception = tstate->current_exception;
+    if (unlikely(!current_exception)) return 0;
+    exc_type = (PyObject*) Py_TYPE(current_exception);
+    if (exc_type == err) return 1;
+#else
+    exc_type = tstate->curexc_type;
+    if (exc_type == err) return 1;
+    if (unlikely(!exc_type)) return 0;
+#endif
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_INCREF(exc_type);
+    #endif
+    if (unlikely(PyTuple_Check(err))) {
+        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
+    } else {
+        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
+    }
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_DECREF(exc_type);
+    #endif
+    return result;
+}
+#endif
+
+/* GetException */
+#if CYTHON_FAST_THREAD_STATE
+static int __Pyx__GetException(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb)
+#else
+static int __Pyx_GetException(PyObject **type, PyObject **value, PyObject **tb)
+#endif
+{
+    PyObject *local_type = NULL, *local_value, *local_tb = NULL;
+#if CYTHON_FAST_THREAD_STATE
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+  #if PY_VERSION_HEX >= 0x030C0000
+    local_value = tstate->current_exception;
+    tstate->current_exception = 0;
+  #else
+    local_type = tstate->curexc_type;
+    local_value = tstate->curexc_value;
+    local_tb = tstate->curexc_traceback;
+    tstate->curexc_type = 0;
+    tstate->curexc_value = 0;
+    tstate->curexc_traceback = 0;
+  #endif
+#elif __PYX_LIMITED_VERSION_HEX >= 0x030C0000
+    local_value = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&local_type, &local_value, &local_tb);
+#endif
+#if __PYX_LIMITED_VERSION_HEX >= 0x030C0000
+    if (likely(local_value)) {
+        local_type = (PyObject*) Py_TYPE(local_value);
+        Py_INCREF(local_type);
+        local_tb = PyException_GetTraceback(local_value);
+    }
+#else
+    PyErr_NormalizeException(&local_type, &local_value, &local_tb);
+#if CYTHON_FAST_THREAD_STATE
+    if (unlikely(tstate->curexc_type))
+#else
+    if (unlikely(PyErr_Occurred()))
+#endif
+        goto bad;
+    if (local_tb) {
+        if (unlikely(PyException_SetTraceback(local_value, local_tb) < 0))
+            goto bad;
+    }
+#endif // __PYX_LIMITED_VERSION_HEX >= 0x030C0000
+    Py_XINCREF(local_tb);
+    Py_XINCREF(local_type);
+    Py_XINCREF(local_value);
+    *type = local_type;
+    *value = local_value;
+    *tb = local_tb;
+#if CYTHON_FAST_THREAD_STATE
+    #if CYTHON_USE_EXC_INFO_STACK
+    {
+        _PyErr_StackItem *exc_info = tstate->exc_info;
+      #if PY_VERSION_HEX >= 0x030B00a4
+        tmp_value = exc_info->exc_value;
+        exc_info->exc_value = local_value;
+        tmp_type = NULL;
+        tmp_tb = NULL;
+        Py_XDECREF(local_type);
+        Py_XDECREF(local_tb);
+      #else
+        tmp_type = exc_info->exc_type;
+        tmp_value = exc_info->exc_value;
+        tmp_tb = exc_info->exc_traceback;
+        exc_info->exc_type = local_type;
+        exc_info->exc_value = local_value;
+        exc_info->exc_traceback = local_tb;
+      #endif
+    }
+    #else
+    tmp_type = tstate->exc_type;
+    tmp_value = tstate->exc_value;
+    tmp_tb = tstate->exc_traceback;
+    tstate->exc_type = local_type;
+    tstate->exc_value = local_value;
+    tstate->exc_traceback = local_tb;
+    #endif
+    Py_XDECREF(tmp_type);
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(tmp_tb);
+#elif __PYX_LIMITED_VERSION_HEX >= 0x030b0000
+    PyErr_SetHandledException(local_value);
+    Py_XDECREF(local_value);
+    Py_XDECREF(local_type);
+    Py_XDECREF(local_tb);
+#else
+    PyErr_SetExcInfo(local_type, local_value, local_tb);
+#endif
+    return 0;
+#if __PYX_LIMITED_VERSION_HEX < 0x030C0000
+bad:
+    *type = 0;
+    *value = 0;
+    *tb = 0;
+    Py_XDECREF(local_type);
+    Py_XDECREF(local_value);
+    Py_XDECREF(local_tb);
+    return -1;
+#endif
+}
+
+/* SwapException */
+#if CYTHON_FAST_THREAD_STATE
+static CYTHON_INLINE void __Pyx__ExceptionSwap(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+  #if CYTHON_USE_EXC_INFO_STACK && PY_VERSION_HEX >= 0x030B00a4
+    _PyErr_StackItem *exc_info = tstate->exc_info;
+    tmp_value = exc_info->exc_value;
+    exc_info->exc_value = *value;
+    if (tmp_value == NULL || tmp_value == Py_None) {
+        Py_XDECREF(tmp_value);
+        tmp_value = NULL;
+        tmp_type = NULL;
+        tmp_tb = NULL;
+    } else {
+        tmp_type = (PyObject*) Py_TYPE(tmp_value);
+        Py_INCREF(tmp_type);
+        #if CYTHON_COMPILING_IN_CPYTHON
+        tmp_tb = ((PyBaseExceptionObject*) tmp_value)->traceback;
+        Py_XINCREF(tmp_tb);
+        #else
+        tmp_tb = PyException_GetTraceback(tmp_value);
+        #endif
+    }
+  #elif CYTHON_USE_EXC_INFO_STACK
+    _PyErr_StackItem *exc_info = tstate->exc_info;
+    tmp_type = exc_info->exc_type;
+    tmp_value = exc_info->exc_value;
+    tmp_tb = exc_info->exc_traceback;
+    exc_info->exc_type = *type;
+    exc_info->exc_value = *value;
+    exc_info->exc_traceback = *tb;
+  #else
+    tmp_type = tstate->exc_type;
+    tmp_value = tstate->exc_value;
+    tmp_tb = tstate->exc_traceback;
+    tstate->exc_type = *type;
+    tstate->exc_value = *value;
+    tstate->exc_traceback = *tb;
+  #endif
+    *type = tmp_type;
+    *value = tmp_value;
+    *tb = tmp_tb;
+}
+#else
+static CYTHON_INLINE void __Pyx_ExceptionSwap(PyObject **type, PyObject **value, PyObject **tb) {
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+    PyErr_GetExcInfo(&tmp_type, &tmp_value, &tmp_tb);
+    PyErr_SetExcInfo(*type, *value, *tb);
+    *type = tmp_type;
+    *value = tmp_value;
+    *tb = tmp_tb;
+}
+#endif
+
+/* PyObjectVectorcallKwds */
+#if CYTHON_VECTORCALL
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
+    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
+#if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!key)) return -1;
+#endif
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#else
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
+    PyObject *out = PyDict_New();
+    if (unlikely(!out)) return NULL;
+    for (Py_ssize_t i=0; i<n; ++i) {
+        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
+    PyObject *key = kwnames[i];
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 /* TypeImport */
 #ifndef __PYX_HAVE_RT_ImportType_3_3_1
 #define __PYX_HAVE_RT_ImportType_3_3_1
@@ -9546,47 +12896,6 @@ static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UIN
 }
 #endif
 
-/* PyErrExceptionMatches (used by PyObjectGetAttrStrNoError) */
-#if CYTHON_FAST_THREAD_STATE
-static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
-    Py_ssize_t i, n;
-    n = PyTuple_GET_SIZE(tuple);
-    for (i=0; i<n; i++) {
-        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
-    }
-    for (i=0; i<n; i++) {
-        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
-    }
-    return 0;
-}
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
-    int result;
-    PyObject *exc_type;
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject *current_exception = tstate->current_exception;
-    if (unlikely(!current_exception)) return 0;
-    exc_type = (PyObject*) Py_TYPE(current_exception);
-    if (exc_type == err) return 1;
-#else
-    exc_type = tstate->curexc_type;
-    if (exc_type == err) return 1;
-    if (unlikely(!exc_type)) return 0;
-#endif
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_INCREF(exc_type);
-    #endif
-    if (unlikely(PyTuple_Check(err))) {
-        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
-    } else {
-        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
-    }
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_DECREF(exc_type);
-    #endif
-    return result;
-}
-#endif
-
 /* PyObjectGetAttrStrNoError (used by CLineInTraceback) */
 #if __PYX_LIMITED_VERSION_HEX < 0x030d0000
 static void __Pyx_PyObject_GetAttrStr_ClearAttributeError(void) {
@@ -9930,41 +13239,6 @@ bad:
         }\
         return (target_type) value;\
     }
-
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
-    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
-#if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!key)) return -1;
-#endif
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#else
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
-    PyObject *out = PyDict_New();
-    if (unlikely(!out)) return NULL;
-    for (Py_ssize_t i=0; i<n; ++i) {
-        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
-    PyObject *key = kwnames[i];
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#endif
 
 /* PyObjectVectorcallMethodKwds (used by CIntToPy) */
 #if !CYTHON_VECTORCALL
@@ -10739,6 +14013,164 @@ static CYTHON_INLINE int64_t __Pyx_PyLong_As_int64_t(PyObject *x) {
     }
 }
 
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint64_t(uint64_t value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const uint64_t neg_one = (uint64_t) -1, const_zero = (uint64_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(uint64_t) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(uint64_t) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(uint64_t) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(uint64_t) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(uint64_t) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(uint64_t),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(uint64_t));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const int64_t neg_one = (int64_t) -1, const_zero = (int64_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(int64_t) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int64_t) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(int64_t) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(int64_t) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int64_t) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(int64_t),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int64_t));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
 /* CIntFromPy */
 static long __Pyx_LargePyLong___Pyx_PyLong_As_long(PyObject *x);
 static long __Pyx_raise_neg_overflow___Pyx_PyLong_As_long(void) {
@@ -11310,6 +14742,65 @@ import_failed:
 bad:
     Py_XDECREF(module);
     Py_DECREF(methodname);
+    return NULL;
+#endif
+}
+
+/* DecompressString_LZSS */
+#ifndef __Pyx_DecompressString_LZSS_UNUSED
+CYTHON_UNUSED
+static CYTHON_SMALL_CODE size_t __pyx_lzss_decompress(const uint8_t* src, uint8_t* dst, size_t dst_len) {
+    size_t pos = 0, out_pos = 0;
+    while (1) {
+        uint32_t flags = src[pos++] | 0xFF00;
+        while (flags & 0x100) {
+            if (flags & 1) {
+                dst[out_pos++] = src[pos++];
+            } else {
+                uint32_t lo = src[pos++], hi = src[pos++];
+                uint32_t end_offset_of_last_occurrence, match_length;
+                if (!(lo & 0x80)) {
+                    end_offset_of_last_occurrence = lo;
+                    match_length = hi;
+                } else if (!(hi & 0x80)) {
+                    end_offset_of_last_occurrence = 0x80 + (((hi << 2) & 0x180) | (lo & 0x7F));
+                    match_length = hi & 0x1F;
+                } else {
+                    end_offset_of_last_occurrence = 0x80 + ((hi & 0x7F) << 7 | (lo & 0x7F));
+                    match_length = src[pos++];
+                }
+                match_length += 3;
+                size_t ref_pos = out_pos - end_offset_of_last_occurrence - match_length;
+                memcpy(dst + out_pos, dst + ref_pos, match_length);
+                out_pos += match_length;
+            }
+            if (out_pos >= dst_len) return pos;
+            flags >>= 1;
+        }
+    }
+}
+#endif
+static CYTHON_SMALL_CODE PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length) {
+#ifdef __Pyx_DecompressString_LZSS_UNUSED
+    CYTHON_UNUSED_VAR(s);
+    CYTHON_UNUSED_VAR(compressed_length);
+    CYTHON_UNUSED_VAR(uncompressed_length);
+    return NULL;
+#else
+    PyObject *result;
+    unsigned char *result_data;
+    size_t src_length;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t) uncompressed_length);
+    if (unlikely(!result)) return NULL;
+    result_data = __Pyx_PyBytes_AsWritableUString(result);
+    if (unlikely(!result_data)) goto bad;
+    src_length = __pyx_lzss_decompress((const uint8_t*) s, result_data, uncompressed_length);
+    if (unlikely(src_length != compressed_length)) goto decompression_failed;
+    return result;
+decompression_failed:
+    PyErr_SetString(PyExc_RuntimeError, "LZSS string data decompression failed");
+bad:
+    Py_DECREF(result);
     return NULL;
 #endif
 }

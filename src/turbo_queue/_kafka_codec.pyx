@@ -11,6 +11,8 @@ lost to not using the shortest form are not worth a branch per field.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -161,3 +163,135 @@ def pack_messages(list msgs, list errors):
         p = _w_int(p, offset_of(m))
         out.append(b)
     return out
+
+
+# -- reading: the sink and the workers read records back
+
+cdef inline uint64_t _be_read(const unsigned char* p, int width) noexcept:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(width):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef object _read(const unsigned char** pp, const unsigned char* end, int depth):
+    """One msgpack object of the kinds a record holds: nil, bool, int, bin, str, array (as a
+    tuple). Anything else raises ValueError, and the caller falls back to msgpack itself."""
+    cdef const unsigned char* p = pp[0]
+    cdef unsigned char t
+    cdef Py_ssize_t n = 0, i
+    cdef int width = 0
+    if p >= end or depth > 4:
+        raise ValueError("truncated or too deep")
+    t = p[0]
+    p += 1
+    if t <= 0x7f:
+        pp[0] = p
+        return <long>t
+    if t >= 0xe0:
+        pp[0] = p
+        return <long>(<signed char>t)
+    if t == 0xc0 or t == 0xc2 or t == 0xc3:
+        pp[0] = p
+        return None if t == 0xc0 else (t == 0xc3)
+    if 0xcc <= t <= 0xcf:  # uint 8/16/32/64
+        width = 1 << (t - 0xcc)
+        if p + width > end:
+            raise ValueError("truncated")
+        pp[0] = p + width
+        return _be_read(p, width)
+    if 0xd0 <= t <= 0xd3:  # int 8/16/32/64
+        width = 1 << (t - 0xd0)
+        if p + width > end:
+            raise ValueError("truncated")
+        pp[0] = p + width
+        if width == 1:
+            return <long>(<signed char>p[0])
+        if width == 2:
+            return <long>(<short>_be_read(p, 2))
+        if width == 4:
+            return <long>(<int>_be_read(p, 4))
+        return <int64_t>_be_read(p, 8)
+    if 0xc4 <= t <= 0xc6 or 0xd9 <= t <= 0xdb or 0xa0 <= t <= 0xbf:  # bin / str
+        if 0xa0 <= t <= 0xbf:
+            n = t & 0x1f
+        else:
+            width = 1 << ((t - 0xc4) if t <= 0xc6 else (t - 0xd9))
+            if p + width > end:
+                raise ValueError("truncated")
+            n = <Py_ssize_t>_be_read(p, width)
+            p += width
+        if n > end - p:
+            raise ValueError("truncated")
+        pp[0] = p + n
+        if 0xc4 <= t <= 0xc6:
+            return PyBytes_FromStringAndSize(<const char*>p, n)
+        return (<const char*>p)[:n].decode("utf-8")
+    if 0x90 <= t <= 0x9f or t == 0xdc or t == 0xdd:  # array
+        if t <= 0x9f:
+            n = t & 0x0f
+        else:
+            width = 2 if t == 0xdc else 4
+            if p + width > end:
+                raise ValueError("truncated")
+            n = <Py_ssize_t>_be_read(p, width)
+            p += width
+        items = PyTuple_New(n)
+        for i in range(n):
+            item = _read(&p, end, depth + 1)
+            Py_INCREF(item)
+            PyTuple_SET_ITEM(items, i, item)
+        pp[0] = p
+        return items
+    raise ValueError(f"msgpack type 0x{t:02x} is not part of a record")
+
+
+cdef tuple _fields(bytes data):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef const unsigned char* end = p + PyBytes_GET_SIZE(data)
+    fields = _read(&p, end, 0)
+    if p != end or type(fields) is not tuple or len(<tuple>fields) != 7:
+        raise ValueError("not a 7-field record")
+    return <tuple>fields
+
+
+def unpack_record(bytes data, record_type):
+    """The record packed in `data`, as a `record_type` (a 7-field namedtuple); ValueError if
+    `data` is not one this reader knows (the caller then asks msgpack)."""
+    return tuple.__new__(record_type, _fields(data))
+
+
+def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):
+    """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
+    first BufferError (the client's queue is full) and returns that index, to be called again
+    after a poll; returns len(packed) when all were handed over. A record that cannot be read, or
+    whose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped."""
+    cdef Py_ssize_t i, n = len(packed)
+    cdef const unsigned char* p
+    cdef const unsigned char* end
+    cdef bytes b
+    for i in range(start, n):
+        b = <bytes?>packed[i]
+        p = <const unsigned char*>PyBytes_AS_STRING(b)
+        end = p + PyBytes_GET_SIZE(b)
+        try:
+            # Only what is produced: value, key, headers, timestamp (not where it came from).
+            if p == end or p[0] != 0x97:
+                raise ValueError("not a 7-field record")
+            p += 1
+            value = _read(&p, end, 0)
+            key = _read(&p, end, 0)
+            headers = _read(&p, end, 0)
+            ts = _read(&p, end, 0)
+        except ValueError as e:
+            errors.append((i, e))
+            continue
+        try:
+            produce(topic, value, key, headers=list(headers) if headers else None,
+                    timestamp=ts or 0, on_delivery=on_delivery)
+        except BufferError:
+            return i
+        except catch as e:
+            errors.append((i, e))
+    return n
