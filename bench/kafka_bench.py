@@ -13,7 +13,9 @@ Starts a single-node broker (scripts/kafka_broker.py; needs Java and, once, Mave
   batch was deleted after its delivery reports).
 
 Each system runs --repeat times, alternating; the best and the median are reported, with the ratio
-of each connector to the plain client (the target is >= 80%).
+of each connector to the plain client (the target is >= 80%), and the CPU time of this process
+(librdkafka's threads included) per message over the timed part: on a host whose cores the broker
+shares, that is the steadier figure.
 """
 
 from __future__ import annotations
@@ -59,46 +61,46 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def plain_consume(broker: KafkaBroker, t: str, n: int, all_fields: bool = False) -> float:
+def plain_consume(broker: KafkaBroker, t: str, n: int, all_fields: bool = False) -> tuple[float, float]:
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": uuid.uuid4().hex,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([t])
-    got, start = 0, None
+    got, start, cpu0 = 0, None, 0.0
     while got < n:
         msgs = c.consume(10000, 1.0)
         if msgs and start is None:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), cpu_s()
         for m in msgs:
             if m.error() is None:
                 m.value()
                 if all_fields:  # what a record carries: the like-for-like loop
                     m.key(), m.headers(), m.timestamp(), m.topic(), m.partition(), m.offset()
                 got += 1
-    elapsed = time.perf_counter() - (start or 0.0)
+    elapsed, cpu = time.perf_counter() - (start or 0.0), cpu_s() - cpu0
     c.close()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
-def source_consume(broker: KafkaBroker, t: str, n: int, value_format: str, root: str) -> float:
+def source_consume(broker: KafkaBroker, t: str, n: int, value_format: str, root: str) -> tuple[float, float]:
     src = KafkaSource([t], kafka_brokers=broker.bootstrap, kafka_group_id=uuid.uuid4().hex,
                       turbo_queue_root_path=root, turbo_queue_queue_name=uuid.uuid4().hex,
                       turbo_queue_max_ready_files=10**6, value_format=value_format)
     src.open()
-    start = None
+    start, cpu0 = None, 0.0
     while src.events < n:
         if src.poll_once(1.0) and start is None:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), cpu_s()
     assert src._queue is not None
     src._queue.flush()
-    elapsed = time.perf_counter() - (start or 0.0)
+    elapsed, cpu = time.perf_counter() - (start or 0.0), cpu_s() - cpu0
     src.close()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
-def plain_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]]) -> float:
+def plain_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]]) -> tuple[float, float]:
     p = Producer({"bootstrap.servers": broker.bootstrap, **PRODUCER})
     p.list_topics(t, timeout=10)  # connected before the clock starts, as the sink is
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), cpu_s()
     for value, key in data:
         while True:
             try:
@@ -107,11 +109,11 @@ def plain_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]]) 
             except BufferError:
                 p.poll(0.05)
     assert p.flush(60) == 0
-    return len(data) / (time.perf_counter() - start)
+    return len(data) / (time.perf_counter() - start), (cpu_s() - cpu0) / len(data) * 1e6
 
 
 def sink_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]], value_format: str,
-                 root: str) -> float:
+                 root: str) -> tuple[float, float]:
     qname = uuid.uuid4().hex
     serializer = RECORDS if value_format == "record" else "raw"
     with turbo_queue.Enqueue(root_path=root, queue_name=qname, serializer=serializer,
@@ -124,12 +126,12 @@ def sink_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]], v
                      turbo_queue_queue_name=qname, value_format=value_format, config=PRODUCER)
     sink.open()
     sink._producer.list_topics(t, timeout=10)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), cpu_s()
     while sink.events < len(data):
         sink.poll_once()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_s() - cpu0
     sink.close()
-    return len(data) / elapsed
+    return len(data) / elapsed, cpu / len(data) * 1e6
 
 
 def main() -> int:
@@ -168,9 +170,7 @@ def main() -> int:
         runs = {k: v for k, v in runs.items() if args.only in k or "plain" in k}
         for r in range(args.repeat):
             for name, run in (runs.items() if r % 2 == 0 else reversed(runs.items())):
-                cpu0 = cpu_s()
-                rate = run()
-                cpu_us = (cpu_s() - cpu0) / n * 1e6
+                rate, cpu_us = run()
                 results.setdefault(name, []).append(rate)
                 cpu.setdefault(name, []).append(cpu_us)
                 print(f"[{r + 1}/{args.repeat}] {name:32s} {rate:12,.0f} msg/s {cpu_us:6.2f} us CPU/msg",
