@@ -600,3 +600,38 @@ def test_a_message_that_is_not_json_stops_the_source_without_skipping_anything(k
     src.close()
     values = drain_all(tmp_path, serializer="raw")
     assert values[-3:] == [b"not json", b'{"id": 3}', b'{"id": 4}']
+
+
+def test_sink_stops_on_events_that_are_not_records_and_keeps_the_batch(kafka_broker, tmp_path):
+    topic = new_topic(kafka_broker, 1)
+    with turbo_queue.Enqueue(root_path=str(tmp_path), queue_name="out", serializer="raw") as q:
+        q.add_many([b"\x97 plain bytes, not a record", b"more"])
+    sink = kafka.KafkaSink(topic, kafka_brokers=kafka_broker.bootstrap, turbo_queue_root_path=str(tmp_path),
+                           turbo_queue_queue_name="out")
+    with pytest.raises(ValueError, match="value_format='bytes'"):
+        sink.run(handle_signals=False)
+    assert len(batch_files(os.path.join(tmp_path, "out"), "ready_")) == 1  # given back, not deleted
+    bytes_sink = kafka.KafkaSink(topic, kafka_brokers=kafka_broker.bootstrap, value_format="bytes",
+                                 turbo_queue_root_path=str(tmp_path), turbo_queue_queue_name="out")
+    bytes_sink.open()
+    wait_for(lambda: bytes_sink.poll_once() >= 0 and bytes_sink.events == 2, 30, "the bytes sink")
+    bytes_sink.close()
+
+
+def test_the_pipeline_example_runs_and_stops_cleanly_on_sigint(kafka_broker, tmp_path):
+    in_topic, out_topic = new_topic(kafka_broker, 4), new_topic(kafka_broker, 4)
+    produce_ids(kafka_broker, in_topic, 0, 5000)
+    with open(tmp_path / "example.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--brokers", kafka_broker.bootstrap, "--in-topic", in_topic,
+             "--out-topic", out_topic, "--group", f"g-{uuid.uuid4().hex[:8]}",
+             "--root", str(tmp_path / "queues"), "--workers", "2"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        msgs = read_all(kafka_broker, out_topic, set(range(5000)))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert sorted(orjson.loads(m.value())["id"] for m in msgs) == list(range(5000))
+    assert code == 0, (tmp_path / "example.log").read_text()
+    for q in ("in", "out"):
+        assert batch_files(tmp_path / "queues" / q) == []

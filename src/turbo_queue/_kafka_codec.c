@@ -2772,7 +2772,7 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_tuple[1];
     PyObject *__pyx_codeobj_tab[3];
-    PyObject *__pyx_string_tab[79];
+    PyObject *__pyx_string_tab[80];
     PyObject *__pyx_number_tab[1];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -2833,74 +2833,75 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_not_a_7_field_record __pyx_string_tab[8]
 #define __pyx_kp_u_pack_messages __pyx_string_tab[9]
 #define __pyx_kp_u_src_turbo_queue__kafka_codec_pyx __pyx_string_tab[10]
-#define __pyx_kp_u_truncated_or_too_deep __pyx_string_tab[11]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[12]
-#define __pyx_n_u_annotate __pyx_string_tab[13]
-#define __pyx_n_u_func __pyx_string_tab[14]
-#define __pyx_n_u_main __pyx_string_tab[15]
-#define __pyx_n_u_module __pyx_string_tab[16]
-#define __pyx_n_u_name __pyx_string_tab[17]
-#define __pyx_n_u_new __pyx_string_tab[18]
-#define __pyx_n_u_qualname __pyx_string_tab[19]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[20]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[21]
-#define __pyx_n_u_b __pyx_string_tab[22]
-#define __pyx_n_u_catch __pyx_string_tab[23]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[24]
-#define __pyx_n_u_cls __pyx_string_tab[25]
-#define __pyx_n_u_data __pyx_string_tab[26]
-#define __pyx_n_u_e __pyx_string_tab[27]
-#define __pyx_n_u_end __pyx_string_tab[28]
-#define __pyx_n_u_error __pyx_string_tab[29]
-#define __pyx_n_u_error_of __pyx_string_tab[30]
-#define __pyx_n_u_errors __pyx_string_tab[31]
-#define __pyx_n_u_header_keys __pyx_string_tab[32]
-#define __pyx_n_u_headers __pyx_string_tab[33]
-#define __pyx_n_u_headers_of __pyx_string_tab[34]
-#define __pyx_n_u_hk __pyx_string_tab[35]
-#define __pyx_n_u_hv __pyx_string_tab[36]
-#define __pyx_n_u_i __pyx_string_tab[37]
-#define __pyx_n_u_items __pyx_string_tab[38]
-#define __pyx_n_u_key __pyx_string_tab[39]
-#define __pyx_n_u_key_of __pyx_string_tab[40]
-#define __pyx_n_u_kind __pyx_string_tab[41]
-#define __pyx_n_u_last_topic __pyx_string_tab[42]
-#define __pyx_n_u_m __pyx_string_tab[43]
-#define __pyx_n_u_msgs __pyx_string_tab[44]
-#define __pyx_n_u_n __pyx_string_tab[45]
-#define __pyx_n_u_nh __pyx_string_tab[46]
-#define __pyx_n_u_offset __pyx_string_tab[47]
-#define __pyx_n_u_offset_of __pyx_string_tab[48]
-#define __pyx_n_u_on_delivery __pyx_string_tab[49]
-#define __pyx_n_u_out __pyx_string_tab[50]
-#define __pyx_n_u_p __pyx_string_tab[51]
-#define __pyx_n_u_pack_messages_2 __pyx_string_tab[52]
-#define __pyx_n_u_packed __pyx_string_tab[53]
-#define __pyx_n_u_partition __pyx_string_tab[54]
-#define __pyx_n_u_partition_of __pyx_string_tab[55]
-#define __pyx_n_u_pop __pyx_string_tab[56]
-#define __pyx_n_u_produce __pyx_string_tab[57]
-#define __pyx_n_u_produce_packed __pyx_string_tab[58]
-#define __pyx_n_u_record_type __pyx_string_tab[59]
-#define __pyx_n_u_setdefault __pyx_string_tab[60]
-#define __pyx_n_u_size __pyx_string_tab[61]
-#define __pyx_n_u_start __pyx_string_tab[62]
-#define __pyx_n_u_timestamp __pyx_string_tab[63]
-#define __pyx_n_u_timestamp_of __pyx_string_tab[64]
-#define __pyx_n_u_topic __pyx_string_tab[65]
-#define __pyx_n_u_topic_b __pyx_string_tab[66]
-#define __pyx_n_u_topic_of __pyx_string_tab[67]
-#define __pyx_n_u_truncated __pyx_string_tab[68]
-#define __pyx_n_u_ts __pyx_string_tab[69]
-#define __pyx_n_u_turbo_queue__kafka_codec __pyx_string_tab[70]
-#define __pyx_n_u_unpack_record __pyx_string_tab[71]
-#define __pyx_n_u_value __pyx_string_tab[72]
-#define __pyx_n_u_value_of __pyx_string_tab[73]
-#define __pyx_n_u_values __pyx_string_tab[74]
-#define __pyx_kp_b__2 __pyx_string_tab[75]
-#define __pyx_kp_b_iso88591_5_gQa __pyx_string_tab[76]
-#define __pyx_kp_b_iso88591_A_Q_t1_q_at1A_j_S_83fCq_N_c_S_P __pyx_string_tab[77]
-#define __pyx_kp_b_iso88591_3aq_U_7_HF_1_31A_b_1_r_D_1AS_1 __pyx_string_tab[78]
+#define __pyx_kp_u_the_fields_of_a_record_have_othe __pyx_string_tab[11]
+#define __pyx_kp_u_truncated_or_too_deep __pyx_string_tab[12]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[13]
+#define __pyx_n_u_annotate __pyx_string_tab[14]
+#define __pyx_n_u_func __pyx_string_tab[15]
+#define __pyx_n_u_main __pyx_string_tab[16]
+#define __pyx_n_u_module __pyx_string_tab[17]
+#define __pyx_n_u_name __pyx_string_tab[18]
+#define __pyx_n_u_new __pyx_string_tab[19]
+#define __pyx_n_u_qualname __pyx_string_tab[20]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[21]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[22]
+#define __pyx_n_u_b __pyx_string_tab[23]
+#define __pyx_n_u_catch __pyx_string_tab[24]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[25]
+#define __pyx_n_u_cls __pyx_string_tab[26]
+#define __pyx_n_u_data __pyx_string_tab[27]
+#define __pyx_n_u_e __pyx_string_tab[28]
+#define __pyx_n_u_end __pyx_string_tab[29]
+#define __pyx_n_u_error __pyx_string_tab[30]
+#define __pyx_n_u_error_of __pyx_string_tab[31]
+#define __pyx_n_u_errors __pyx_string_tab[32]
+#define __pyx_n_u_header_keys __pyx_string_tab[33]
+#define __pyx_n_u_headers __pyx_string_tab[34]
+#define __pyx_n_u_headers_of __pyx_string_tab[35]
+#define __pyx_n_u_hk __pyx_string_tab[36]
+#define __pyx_n_u_hv __pyx_string_tab[37]
+#define __pyx_n_u_i __pyx_string_tab[38]
+#define __pyx_n_u_items __pyx_string_tab[39]
+#define __pyx_n_u_key __pyx_string_tab[40]
+#define __pyx_n_u_key_of __pyx_string_tab[41]
+#define __pyx_n_u_kind __pyx_string_tab[42]
+#define __pyx_n_u_last_topic __pyx_string_tab[43]
+#define __pyx_n_u_m __pyx_string_tab[44]
+#define __pyx_n_u_msgs __pyx_string_tab[45]
+#define __pyx_n_u_n __pyx_string_tab[46]
+#define __pyx_n_u_nh __pyx_string_tab[47]
+#define __pyx_n_u_offset __pyx_string_tab[48]
+#define __pyx_n_u_offset_of __pyx_string_tab[49]
+#define __pyx_n_u_on_delivery __pyx_string_tab[50]
+#define __pyx_n_u_out __pyx_string_tab[51]
+#define __pyx_n_u_p __pyx_string_tab[52]
+#define __pyx_n_u_pack_messages_2 __pyx_string_tab[53]
+#define __pyx_n_u_packed __pyx_string_tab[54]
+#define __pyx_n_u_partition __pyx_string_tab[55]
+#define __pyx_n_u_partition_of __pyx_string_tab[56]
+#define __pyx_n_u_pop __pyx_string_tab[57]
+#define __pyx_n_u_produce __pyx_string_tab[58]
+#define __pyx_n_u_produce_packed __pyx_string_tab[59]
+#define __pyx_n_u_record_type __pyx_string_tab[60]
+#define __pyx_n_u_setdefault __pyx_string_tab[61]
+#define __pyx_n_u_size __pyx_string_tab[62]
+#define __pyx_n_u_start __pyx_string_tab[63]
+#define __pyx_n_u_timestamp __pyx_string_tab[64]
+#define __pyx_n_u_timestamp_of __pyx_string_tab[65]
+#define __pyx_n_u_topic __pyx_string_tab[66]
+#define __pyx_n_u_topic_b __pyx_string_tab[67]
+#define __pyx_n_u_topic_of __pyx_string_tab[68]
+#define __pyx_n_u_truncated __pyx_string_tab[69]
+#define __pyx_n_u_ts __pyx_string_tab[70]
+#define __pyx_n_u_turbo_queue__kafka_codec __pyx_string_tab[71]
+#define __pyx_n_u_unpack_record __pyx_string_tab[72]
+#define __pyx_n_u_value __pyx_string_tab[73]
+#define __pyx_n_u_value_of __pyx_string_tab[74]
+#define __pyx_n_u_values __pyx_string_tab[75]
+#define __pyx_kp_b__2 __pyx_string_tab[76]
+#define __pyx_kp_b_iso88591_5_gQa __pyx_string_tab[77]
+#define __pyx_kp_b_iso88591_A_Q_t1_q_at1A_j_S_83fCq_N_c_S_P __pyx_string_tab[78]
+#define __pyx_kp_b_iso88591_3aq_U_7_HF_1_31A_b_1_r_D_1AS_1 __pyx_string_tab[79]
 #define __pyx_int_0 __pyx_number_tab[0]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
@@ -2922,7 +2923,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<79; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<80; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -2952,7 +2953,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<79; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<80; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -7213,7 +7214,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
  *             key = _read(&p, end, 0)
  *             headers = _read(&p, end, 0)             # <<<<<<<<<<<<<<
  *             ts = _read(&p, end, 0)
- *         except ValueError as e:
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
 */
         __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 285, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
@@ -7224,13 +7225,160 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
  *             key = _read(&p, end, 0)
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)             # <<<<<<<<<<<<<<
- *         except ValueError as e:
- *             errors.append((i, e))
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+ *                     and (headers is None or type(headers) is tuple)
 */
         __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 286, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_XDECREF_SET(__pyx_v_ts, __pyx_t_5);
         __pyx_t_5 = 0;
+
+        /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):
+*/
+        __pyx_t_10 = (__pyx_v_value == Py_None);
+        if (!__pyx_t_10) {
+
+        } else {
+
+          goto __pyx_L18_next_and;
+        }
+        __pyx_t_10 = (((PyObject *)Py_TYPE(__pyx_v_value)) == ((PyObject *)(&PyBytes_Type)));
+        if (__pyx_t_10) {
+
+        } else {
+
+          __pyx_t_9 = __pyx_t_10;
+
+          goto __pyx_L17_bool_binop_done;
+        }
+        __pyx_L18_next_and:;
+
+        /* "turbo_queue/_kafka_codec.pyx":288
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+ *                     and (headers is None or type(headers) is tuple)             # <<<<<<<<<<<<<<
+ *                     and (ts is None or type(ts) is int)):
+ *                 raise ValueError("the fields of a record have other types")
+*/
+        __pyx_t_10 = (__pyx_v_key == Py_None);
+        if (!__pyx_t_10) {
+
+        } else {
+
+          goto __pyx_L20_next_and;
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):
+*/
+        __pyx_t_10 = (((PyObject *)Py_TYPE(__pyx_v_key)) == ((PyObject *)(&PyBytes_Type)));
+        if (__pyx_t_10) {
+
+        } else {
+
+          __pyx_t_9 = __pyx_t_10;
+
+          goto __pyx_L17_bool_binop_done;
+        }
+        __pyx_L20_next_and:;
+
+        /* "turbo_queue/_kafka_codec.pyx":288
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+ *                     and (headers is None or type(headers) is tuple)             # <<<<<<<<<<<<<<
+ *                     and (ts is None or type(ts) is int)):
+ *                 raise ValueError("the fields of a record have other types")
+*/
+        __pyx_t_10 = (__pyx_v_headers == Py_None);
+        if (!__pyx_t_10) {
+
+        } else {
+
+          goto __pyx_L22_next_and;
+        }
+        __pyx_t_10 = (((PyObject *)Py_TYPE(__pyx_v_headers)) == ((PyObject *)(&PyTuple_Type)));
+        if (__pyx_t_10) {
+
+        } else {
+
+          __pyx_t_9 = __pyx_t_10;
+
+          goto __pyx_L17_bool_binop_done;
+        }
+        __pyx_L22_next_and:;
+
+        /* "turbo_queue/_kafka_codec.pyx":289
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):             # <<<<<<<<<<<<<<
+ *                 raise ValueError("the fields of a record have other types")
+ *         except ValueError as e:
+*/
+        __pyx_t_10 = (__pyx_v_ts == Py_None);
+        if (!__pyx_t_10) {
+
+        } else {
+
+          __pyx_t_9 = __pyx_t_10;
+
+          goto __pyx_L17_bool_binop_done;
+        }
+        __pyx_t_10 = (((PyObject *)Py_TYPE(__pyx_v_ts)) == ((PyObject *)(&PyLong_Type)));
+
+        __pyx_t_9 = __pyx_t_10;
+
+        __pyx_L17_bool_binop_done:;
+
+        /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):
+*/
+        __pyx_t_10 = (!__pyx_t_9);
+
+
+        if (unlikely(__pyx_t_10)) {
+
+
+          /* "turbo_queue/_kafka_codec.pyx":290
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):
+ *                 raise ValueError("the fields of a record have other types")             # <<<<<<<<<<<<<<
+ *         except ValueError as e:
+ *             errors.append((i, e))
+*/
+          __pyx_t_4 = NULL;
+          __pyx_t_11 = 1;
+          {
+            PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_fields_of_a_record_have_othe};
+            __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 290, __pyx_L5_error)
+            __Pyx_GOTREF(__pyx_t_5);
+          }
+          __Pyx_Raise(__pyx_t_5, 0, 0, 0);
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+          __PYX_ERR(0, 290, __pyx_L5_error)
+
+          /* "turbo_queue/_kafka_codec.pyx":287
+ *             headers = _read(&p, end, 0)
+ *             ts = _read(&p, end, 0)
+ *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
+ *                     and (headers is None or type(headers) is tuple)
+ *                     and (ts is None or type(ts) is int)):
+*/
+        }
 
         /* "turbo_queue/_kafka_codec.pyx":278
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)
@@ -7248,9 +7396,9 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":287
- *             headers = _read(&p, end, 0)
- *             ts = _read(&p, end, 0)
+      /* "turbo_queue/_kafka_codec.pyx":291
+ *                     and (ts is None or type(ts) is int)):
+ *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:             # <<<<<<<<<<<<<<
  *             errors.append((i, e))
  *             continue
@@ -7258,7 +7406,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_ValueError))));
       if (__pyx_t_12) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_13) < 0) __PYX_ERR(0, 287, __pyx_L7_except_error)
+        if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_13) < 0) __PYX_ERR(0, 291, __pyx_L7_except_error)
         __Pyx_XGOTREF(__pyx_t_5);
         __Pyx_XGOTREF(__pyx_t_4);
         __Pyx_XGOTREF(__pyx_t_13);
@@ -7266,8 +7414,8 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         __pyx_v_e = ((PyObject*)__pyx_t_4);
         /*try:*/ {
 
-          /* "turbo_queue/_kafka_codec.pyx":288
- *             ts = _read(&p, end, 0)
+          /* "turbo_queue/_kafka_codec.pyx":292
+ *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:
  *             errors.append((i, e))             # <<<<<<<<<<<<<<
  *             continue
@@ -7275,41 +7423,41 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
           if (unlikely(__pyx_v_errors == Py_None)) {
             PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-            __PYX_ERR(0, 288, __pyx_L21_error)
+            __PYX_ERR(0, 292, __pyx_L30_error)
           }
-          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 288, __pyx_L21_error)
+          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 292, __pyx_L30_error)
           __Pyx_GOTREF(__pyx_t_14);
-          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 288, __pyx_L21_error)
+          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 292, __pyx_L30_error)
           __Pyx_GOTREF(__pyx_t_15);
           __Pyx_GIVEREF(__pyx_t_14);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 288, __pyx_L21_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 292, __pyx_L30_error);
           __Pyx_INCREF(__pyx_v_e);
           __Pyx_GIVEREF(__pyx_v_e);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 288, __pyx_L21_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 292, __pyx_L30_error);
           __pyx_t_14 = 0;
-          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 288, __pyx_L21_error)
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 292, __pyx_L30_error)
           __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
 
-          /* "turbo_queue/_kafka_codec.pyx":289
+          /* "turbo_queue/_kafka_codec.pyx":293
  *         except ValueError as e:
  *             errors.append((i, e))
  *             continue             # <<<<<<<<<<<<<<
  *         try:
  *             produce(topic, value, key, headers=list(headers) if headers else None,
 */
-          goto __pyx_L18_continue;
+          goto __pyx_L27_continue;
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":287
- *             headers = _read(&p, end, 0)
- *             ts = _read(&p, end, 0)
+        /* "turbo_queue/_kafka_codec.pyx":291
+ *                     and (ts is None or type(ts) is int)):
+ *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:             # <<<<<<<<<<<<<<
  *             errors.append((i, e))
  *             continue
 */
         /*finally:*/ {
-          __pyx_L21_error:;
+          __pyx_L30_error:;
           /*exception exit:*/{
             __Pyx_PyThreadState_declare
             __Pyx_PyThreadState_assign
@@ -7340,12 +7488,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
             __pyx_lineno = __pyx_t_12; __pyx_clineno = __pyx_t_17; __pyx_filename = __pyx_t_18;
             goto __pyx_L7_except_error;
           }
-          __pyx_L18_continue: {
+          __pyx_L27_continue: {
             __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
-            goto __pyx_L16_except_continue;
+            goto __pyx_L25_except_continue;
           }
         }
-        __pyx_L16_except_continue:;
+        __pyx_L25_except_continue:;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
@@ -7375,7 +7523,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_L12_try_end:;
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":290
+    /* "turbo_queue/_kafka_codec.pyx":294
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
@@ -7391,7 +7539,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XGOTREF(__pyx_t_6);
       /*try:*/ {
 
-        /* "turbo_queue/_kafka_codec.pyx":291
+        /* "turbo_queue/_kafka_codec.pyx":295
  *             continue
  *         try:
  *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
@@ -7401,9 +7549,9 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         __pyx_t_4 = NULL;
         __Pyx_INCREF(__pyx_v_produce);
         __pyx_t_5 = __pyx_v_produce; 
-        __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 291, __pyx_L27_error)
-        if (__pyx_t_9) {
-          __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 291, __pyx_L27_error)
+        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 295, __pyx_L36_error)
+        if (__pyx_t_10) {
+          __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 295, __pyx_L36_error)
           __Pyx_GOTREF(__pyx_t_14);
           __pyx_t_15 = __pyx_t_14;
           __pyx_t_14 = 0;
@@ -7413,28 +7561,28 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         }
 
 
-        /* "turbo_queue/_kafka_codec.pyx":292
+        /* "turbo_queue/_kafka_codec.pyx":296
  *         try:
  *             produce(topic, value, key, headers=list(headers) if headers else None,
  *                     timestamp=ts or 0, on_delivery=on_delivery)             # <<<<<<<<<<<<<<
  *         except BufferError:
  *             return i
 */
-        __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 292, __pyx_L27_error)
-        if (!__pyx_t_9) {
+        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 296, __pyx_L36_error)
+        if (!__pyx_t_10) {
         } else {
           __Pyx_INCREF(__pyx_v_ts);
           __pyx_t_14 = __pyx_v_ts;
-          goto __pyx_L35_bool_binop_done;
+          goto __pyx_L44_bool_binop_done;
         }
-        __pyx_t_25 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 292, __pyx_L27_error)
+        __pyx_t_25 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 296, __pyx_L36_error)
         __Pyx_GOTREF(__pyx_t_25);
         __pyx_t_14 = __pyx_t_25;
         __pyx_t_25 = 0;
-        __pyx_L35_bool_binop_done:;
+        __pyx_L44_bool_binop_done:;
         #if CYTHON_VECTORCALL
 
-        /* "turbo_queue/_kafka_codec.pyx":291
+        /* "turbo_queue/_kafka_codec.pyx":295
  *             continue
  *         try:
  *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
@@ -7458,13 +7606,13 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
           PyObject *__pyx_callargs[7] = {__pyx_t_4, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_t_15, __pyx_t_14, __pyx_v_on_delivery};
           #if CYTHON_VECTORCALL
           __pyx_t_25 = __pyx_mstate_global->__pyx_tuple[0];
-          if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 291, __pyx_L27_error)
+          if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 295, __pyx_L36_error)
           __Pyx_INCREF(__pyx_t_25);
           #else
           {
             PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
             __pyx_t_25 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 3);
-            if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 291, __pyx_L27_error)
+            if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 295, __pyx_L36_error)
             __Pyx_GOTREF(__pyx_t_25);
           }
           #endif
@@ -7476,12 +7624,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
           __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
           __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 291, __pyx_L27_error)
+          if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 295, __pyx_L36_error)
           __Pyx_GOTREF(__pyx_t_13);
         }
         __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":290
+        /* "turbo_queue/_kafka_codec.pyx":294
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
@@ -7492,8 +7640,8 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      goto __pyx_L34_try_end;
-      __pyx_L27_error:;
+      goto __pyx_L43_try_end;
+      __pyx_L36_error:;
       __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
@@ -7501,7 +7649,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":293
+      /* "turbo_queue/_kafka_codec.pyx":297
  *             produce(topic, value, key, headers=list(headers) if headers else None,
  *                     timestamp=ts or 0, on_delivery=on_delivery)
  *         except BufferError:             # <<<<<<<<<<<<<<
@@ -7511,19 +7659,19 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BufferError))));
       if (__pyx_t_17) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_5, &__pyx_t_25) < 0) __PYX_ERR(0, 293, __pyx_L29_except_error)
+        if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_5, &__pyx_t_25) < 0) __PYX_ERR(0, 297, __pyx_L38_except_error)
         __Pyx_XGOTREF(__pyx_t_13);
         __Pyx_XGOTREF(__pyx_t_5);
         __Pyx_XGOTREF(__pyx_t_25);
 
-        /* "turbo_queue/_kafka_codec.pyx":294
+        /* "turbo_queue/_kafka_codec.pyx":298
  *                     timestamp=ts or 0, on_delivery=on_delivery)
  *         except BufferError:
  *             return i             # <<<<<<<<<<<<<<
  *         except catch as e:
  *             errors.append((i, e))
 */
-        __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 294, __pyx_L29_except_error)
+        __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 298, __pyx_L38_except_error)
         __Pyx_GOTREF(__pyx_t_14);
         {
           PyObject *__pyx_temp;
@@ -7537,10 +7685,10 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
-        goto __pyx_L30_except_return;
+        goto __pyx_L39_except_return;
       }
 
-      /* "turbo_queue/_kafka_codec.pyx":295
+      /* "turbo_queue/_kafka_codec.pyx":299
  *         except BufferError:
  *             return i
  *         except catch as e:             # <<<<<<<<<<<<<<
@@ -7550,7 +7698,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(__pyx_v_catch);
       if (__pyx_t_17) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_25, &__pyx_t_5, &__pyx_t_13) < 0) __PYX_ERR(0, 295, __pyx_L29_except_error)
+        if (__Pyx_GetException(&__pyx_t_25, &__pyx_t_5, &__pyx_t_13) < 0) __PYX_ERR(0, 299, __pyx_L38_except_error)
         __Pyx_XGOTREF(__pyx_t_25);
         __Pyx_XGOTREF(__pyx_t_5);
         __Pyx_XGOTREF(__pyx_t_13);
@@ -7558,7 +7706,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         __pyx_v_e = __pyx_t_5;
         /*try:*/ {
 
-          /* "turbo_queue/_kafka_codec.pyx":296
+          /* "turbo_queue/_kafka_codec.pyx":300
  *             return i
  *         except catch as e:
  *             errors.append((i, e))             # <<<<<<<<<<<<<<
@@ -7566,24 +7714,24 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
           if (unlikely(__pyx_v_errors == Py_None)) {
             PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-            __PYX_ERR(0, 296, __pyx_L44_error)
+            __PYX_ERR(0, 300, __pyx_L53_error)
           }
-          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 296, __pyx_L44_error)
+          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 300, __pyx_L53_error)
           __Pyx_GOTREF(__pyx_t_14);
-          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 296, __pyx_L44_error)
+          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 300, __pyx_L53_error)
           __Pyx_GOTREF(__pyx_t_15);
           __Pyx_GIVEREF(__pyx_t_14);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 296, __pyx_L44_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 300, __pyx_L53_error);
           __Pyx_INCREF(__pyx_v_e);
           __Pyx_GIVEREF(__pyx_v_e);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 296, __pyx_L44_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 300, __pyx_L53_error);
           __pyx_t_14 = 0;
-          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 296, __pyx_L44_error)
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 300, __pyx_L53_error)
           __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":295
+        /* "turbo_queue/_kafka_codec.pyx":299
  *         except BufferError:
  *             return i
  *         except catch as e:             # <<<<<<<<<<<<<<
@@ -7593,9 +7741,9 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         /*finally:*/ {
           /*normal exit:*/{
             __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
-            goto __pyx_L45;
+            goto __pyx_L54;
           }
-          __pyx_L44_error:;
+          __pyx_L53_error:;
           /*exception exit:*/{
             __Pyx_PyThreadState_declare
             __Pyx_PyThreadState_assign
@@ -7625,53 +7773,53 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
             __Pyx_ErrRestore(__pyx_t_24, __pyx_t_23, __pyx_t_22);
             __pyx_t_24 = 0; __pyx_t_23 = 0; __pyx_t_22 = 0; __pyx_t_21 = 0; __pyx_t_20 = 0; __pyx_t_19 = 0;
             __pyx_lineno = __pyx_t_17; __pyx_clineno = __pyx_t_12; __pyx_filename = __pyx_t_18;
-            goto __pyx_L29_except_error;
+            goto __pyx_L38_except_error;
           }
-          __pyx_L45:;
+          __pyx_L54:;
         }
         __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
-        goto __pyx_L28_exception_handled;
+        goto __pyx_L37_exception_handled;
       }
-      goto __pyx_L29_except_error;
+      goto __pyx_L38_except_error;
 
-      /* "turbo_queue/_kafka_codec.pyx":290
+      /* "turbo_queue/_kafka_codec.pyx":294
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
  *             produce(topic, value, key, headers=list(headers) if headers else None,
  *                     timestamp=ts or 0, on_delivery=on_delivery)
 */
-      __pyx_L29_except_error:;
+      __pyx_L38_except_error:;
       __Pyx_XGIVEREF(__pyx_t_8);
       __Pyx_XGIVEREF(__pyx_t_7);
       __Pyx_XGIVEREF(__pyx_t_6);
       __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
       goto __pyx_L1_error;
-      __pyx_L30_except_return:;
+      __pyx_L39_except_return:;
       __Pyx_XGIVEREF(__pyx_t_8);
       __Pyx_XGIVEREF(__pyx_t_7);
       __Pyx_XGIVEREF(__pyx_t_6);
       __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
       goto __pyx_L0;
-      __pyx_L28_exception_handled:;
+      __pyx_L37_exception_handled:;
       __Pyx_XGIVEREF(__pyx_t_8);
       __Pyx_XGIVEREF(__pyx_t_7);
       __Pyx_XGIVEREF(__pyx_t_6);
       __Pyx_ExceptionReset(__pyx_t_8, __pyx_t_7, __pyx_t_6);
-      __pyx_L34_try_end:;
+      __pyx_L43_try_end:;
     }
     __pyx_L3_continue:;
   }
 
 
-  /* "turbo_queue/_kafka_codec.pyx":297
+  /* "turbo_queue/_kafka_codec.pyx":301
  *         except catch as e:
  *             errors.append((i, e))
  *     return n             # <<<<<<<<<<<<<<
 */
-  __pyx_t_13 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_13 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_13);
   {
     PyObject *__pyx_temp;
@@ -8192,7 +8340,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "turbo_queue/_kafka_codec.pyx":291
+  /* "turbo_queue/_kafka_codec.pyx":295
  *             continue
  *         try:
  *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
@@ -8201,7 +8349,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 291, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 295, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
@@ -8242,41 +8390,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{7},{24},{9},{3},{1},{179},{8},{15},{20},{15},{32},{21},{20},{12},{8},{8},{10},{8},{7},{12},{13},{18},{1},{5},{18},{3},{4},{1},{3},{5},{8},{6},{11},{7},{10},{2},{2},{1},{5},{3},{6},{4},{10},{1},{4},{1},{2},{6},{9},{11},{3},{1},{13},{6},{9},{12},{3},{7},{14},{11},{10},{4},{5},{9},{12},{5},{7},{8},{9},{2},{24},{13},{5},{8},{6}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{21},{653},{255}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{7},{24},{9},{3},{1},{179},{8},{15},{20},{15},{32},{39},{21},{20},{12},{8},{8},{10},{8},{7},{12},{13},{18},{1},{5},{18},{3},{4},{1},{3},{5},{8},{6},{11},{7},{10},{2},{2},{1},{5},{3},{6},{4},{10},{1},{4},{1},{2},{6},{9},{11},{3},{1},{13},{6},{9},{12},{3},{7},{14},{11},{10},{4},{5},{9},{12},{5},{7},{8},{9},{2},{24},{13},{5},{8},{6}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{21},{653},{354}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1133 bytes) */
-static const char cstring[] = "x\332mRMo\333F\020\265b+\220k:\221d\047i\033\247X\2711\214\026\265\023\372\273E\201Bu\354&haX\026\214\000\311\201X\222K\211\026EJ\334\245\"\025E\221#\217{\334#\217:\362\250\243\216>\362\310\243\177\202\177Bg)\331\265\321\032\362\316rv>\336\2747\010\267=\267\201\220M\221\3531\324\301>C\236\2050\362\211\341\371&j\023Jq\203\320\327[\375_N<F\020kb\206\016\007\254\351\2712\311$\216\255\023\0373\342\014\020e\276m0\342\313 \027\235\036\235n\354\034\354 \354\232P\355\202\030\214\"\032\350\206\203)%Tv\321\003\333a\266\213\330\240C\350&zg\241\201\027 \227\020\0231\017\260\320{\t\254I\\D\t\223\027\264\216]\300\213\231\355\271\032\244\333nc\035\2316\200fv\217\310\354c\354P\262\211MS\2038\322\246\215\0166ZY\047\364\272/G\305h\177\303\262\211cNG\225\357\332\315\270?!\352\033\257X\340\353\236\326\rH@^i-l\265\260fx&16;\203>\363\003\327\200\261M\344\301\274\236\007L\220\216\246\235\016\372\360\377\006h\320NH\237\235\021K\323\246P\211\006\177\026dI\333\306\266\233Y\317\014\234\354\305\305\355\211%\237\244\351\006\330\231\272l\nm}/\000\252\010\246\003\327\260\275\315[\007\325\001\205\3214\034\270kP\223\371\330 :\314b8\324\304\014\023\342\232\304\367=?;4\317\312,m\022\014n\255E\006\323\353\215\201\210f\253\331\263mI\032<\303\017\\-\3335A\006\2461\257c\033m\240\223\272n\323\263,\320crB\020H!\327\241G|\220\221u\356\021*?\210)\327\313\226\232\335^ \255\343u:>\320`\220\251\321&\301\023Y\264l9\0103\211\205\003\207Q\373OB\031d3\273-/\355\316\355\005Je\350\262C\323\047\006|7B1zG\317\315\273z\006n\206u\322\260\207\235\200d\007$g\226~\316]?\234\311+\341./\210\234x\0215\206\265!\2368\237\360j:\367B\324\322\271\257D\351\372\213\231|\3413\013\325\264\3608\354\312\347\205\360e\210C\306U\031\366(\274\020\205hqX\217\013\243\331\321\301x{l]\036^v\323\2712\377^\234\014\177\210\215\321\312\270~YHN\353I]K4=\321\215t\256\020\346\303ZZX\010w\302.\237\345\373\242\222*e\376\235P\223\225\r\300a\306\225x+\331=\036\3431\275\254\310\270\003\350v\310?\t,\343\326EI&,\246\205b\006\276\224\026\036\205\026\257r()""\333V\001:x\010\377Yt\243\334\235\250\205p\217/\001j\005\346J\225g<\020\307\321\372\2604\254\310\331|^\346?B\356\373\350\327\310\036v\343|\\\037\345G\347\343o\307\357a\"?\251}H>|L>\232\211i%Vc\002j\233\003\240e^\275RJ\2620\000P\276\026\025\261\027\225#U>\374\236\001P\212<\317\317\301\257\246\305e~$\236E\271\250\224\026\237\013\025\372\257Et\270\036\227\342JZ\374R<\020\253\342]T\213Z\340x\031\353\243\371qi\014\340\224DY\003\2575\254fw\220\006\210(\314\207\245p-\354\311\251\225\360\230W\370\026?\343TTn>%\270\177Q.\2065`dO\016^\342\245+eB\312\222\250\336\203\007O|\215\367\200@@z\014\276-q&(\220\364<\256\306\267\316m\321\0008\37207\314H\335\005\t\325\377\353\360\220\343\377\000\272\271:Q\0058\272\375\264\047R-\204\373\360\251\246s\013\241\n\313\010\273\267\002\335\260\350^\027f\362\363\2605\347\360\274?)\3716\303\242f\224\254&\253\333\261\032W\245\356:\177\220\224W\047\345\347\257\024\251\354\022\177#f\201\356\252\250G\263\340/>\345\027\231\010\022\251\024\352H\256\024t\"R\2672P\320\315\3109\222!O9\231\246\346\243\232\314x\002cu\241\336\256D\3748\374\033\330\312\266\262,\241f{9\237*K\260\261\277\211}\320\267?d\000\355\217\361\342e-]\376F\030\321Rt\030\375\025\253\351\343b\026&k\014D\356n\r9\376?\256\240\237\316";
-    PyObject *data = __Pyx_DecompressString(cstring, 1133, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1220 bytes) */
+static const char cstring[] = "x\332mSKo\333F\020\216b+\220k:\321\303y5N\261\262c\030-j\047\362#v\213\002\205\352G\033\2640,+\256\201\004)\261\"\227\022-\212\224\270K\307*\212\"G\036\367\270G\036y\344QG\035}\344\221G\377\204\374\204\316\222\266k\243\025$\316rv\036\337|\337\010\341\236c\267\0212)\262\035\206\372\330e\3101\020F.\321\034WG=B)n\023\372j\365\354\307}\207\021\304:\230\241\355!\3538\266L\322\211e\266\210\213\031\261\206\2102\327\324\030qe\220\215\016v\017\226\327\267\326\021\266u\250vB4F\021\365Z\232\205)%Tviy\246\305L\033\261a\237\320\025\364\306@C\307C6!:b\016`\241\267\022X\207\330\210\022&\017h\t\333\200\0273\323\261UH7\355\366\022\322M\000\315\314S\"\263\367\260E\311\n\326u\025\342H\217\266\373X\353\246\235\320\25339*F\233\313\206I,\375rTy\257^\215\373=\242\256\366\222yn\313Q\007\036\361\310K\265\213\215.V5G\047\332J\177x&A\244\351\364\026_\035\014\355\035\270t\263\251\230\353\331\032\260\243#\007<\216\003\204\221\276\252\036\014\317\340\267\003l\251\373\344\214\035\022CU/\047\"*|\014\310\222\266\207M;\265\216\356Y\351\215\215{\231%\037\245\031x\330\272t\231\024\320\271\216\007\214\022L\207\266f:+\327\016\332\002\024ZG\263\340\254BM\346b\215\264`d\315\242:f\230\020[\047\256\353\270\351Cu\214\324\322\016\301\340V\273dxy\2742\020\321\351vNMSr\013\327\360\005W\327\264uP\213\251\314\351\233Z\017X\247\266\335q\014\003d\313\236\020\004\212\311\2559%.\250\315\372\267x\227/D\227[hJi\257\017\220\326w\372}\027h\320\310\245Q\263\340\214x5e\2330\235\030\330\263\0305\377\004\356!\233\231=y\350\365\257\017P*E\227>\324Vf\300w%\024\2437d_\271)\273g\247X\263\206\247\330\362H\372\200\344\324\322O\271\317\367\356\344\025\177\203\027DN<\017\332a#\304\231\363!\257\047\223\317E#\231|*J\237\277\270\223/|b~-)<\360\007\362z\332\177\341c\237\361\232\014\273\357\237\210B0\0236\243\302hb\2645^\033\033\347\333\347\203d\262\314\277\021\373\341\267\2216\232\0337\317\013\361A3n\252\261\332\212[Z2Y\360\363~#)L\373\353\376\200O\360MQM\2242\377Z\324\342\271e\300\241G\325h5\336\330\033\3431=\257\312\270-\350\266\315?""\n,\343\226DI&\314$\205b\n\276\224\024\356\373\006\257s()\333\326\001:x\010\377A\014\202\334\215\250i\3775\257\000j\005\346J\224\307\334\023{\301RX\n\253r6\227\227\371w\220{\034\374\024\230\341 \312G\315Q~t4^\030\037\303Dn\334x\027\277{\037\277\327c\335\210\215v\006j\215\003\240Y^\277PJ\2620\000P\276\024U\361:(\0075y\361k\n@)\362<?\002\177-)\316\362]\3618\310\005\245\244\370L\324\240\377b@\303\245\250\024U\223\342\023qW\314\2137A#\350\202\343E\324\032M\215Kc\000\247\304\312\"x\215\260\236\236A\032 \2420\345\227\374E\377TN\255\370{\274\312W\371!\247\242z\365*\301\375\213r\306o\000#\257\345\340%^\272P2R*\242~\013\036\\\361E~\n\004\002\322=\360\255\212CA\201\244gQ=\272v\256\2116\300i\205\2710%u\003$\254\375_\207{\034\377\007\320\325\321\n\252\300\321\365\253\231I5\355o\302k-\231\234\366k\260\214\260{s\320\r\213\301\347\302\235\374\024l\315\021\\of%\177I\261\324RJ\346\343\371\265\250\026\325\245\356-~7.\317g\345\247.\024\251l\205\357\210\t\240\273.\232\301\004\370\213\217\370I*\202D*\205\332\225+\005\235\210\324\255\014\024\014Rrve\310#N.S\363ACf<\204\261\006PoCj\373\000\024\370=\315\\\013\364\260\032nF\013\321\361hw<\013[\237?o\306\007o\343\267G\361\021,\317\207\370\303\037\311\354S\361$\250\004\273a%\334\211r\321\323\321\302\250!\235\025\261-\274`;`a\r.&\242\033\030a7\377\006A\322\305/K6\322\325\237J\224\n\374)~\026\233\260Bg!\203\351\177\033\317\234C\261\257\204\006\035\266\203\277\240\310\203b\032&k\014E\356f\r\311\360?\352\305\330\334";
+    PyObject *data = __Pyx_DecompressString(cstring, 1220, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1443 bytes) */
-static const char cstring[] = "\377 among  \377is not p\377art of a\377 record \377messages\37702x?Note\377 that Cy\357thon1\001del\377iberatel\377y strict\373er!\001n PEP\377-484 and\376K\000jects s\377ubclasse\375sb\001builti\377n types.\377 If you \177need to\211\000\375s$\nthen s\373et\200\000e \047an~\255\000ation_<\000\177ing\047 di\262\000\367tiv\242\000o Fa\377lse.add_\376\325\000emsgpac\335ke\002 0x\347\001a \1777-field\344\004\372\034\001_\347\005: src\377/turbo_q\377ueue/_ka\377fka_code\377c.pyxtru\273nc\364\000d o\355\000o\377o deep__\327Pyx\001\000D\204 _N\377extRef__~\244\004e____f3\000\336\004\001main\003\002od\273ul\025\002nam\002\003e\275w%\001qual\014\004i\335st\000rou\250 ea\177syncio.\232@\366\013\003sb\203\000chcl\357ine_Q\000tra\367ceb\351\000clsd\377ataeende\357rror\000\002_of\336\010\002shea\024\000_k\323ey\004\004\013\004s\037\000hk\037hviit\262 \034\000\037\000\3362\000kind\265@t_\277topicm\314 s?nnhoff\215@\000\003\270W\000\210@\213aver\304@tYp\304*\372!ed\333ai\260A|\000\006\216\000poppr\204 \213ce\000\004_\047\003\374c\332Ae\376\363@default\377sizestarottim\005\001mp\000\006\330\331\000\231\002\236\002_b\001\003of\326\240Fts\305H.\304Iun|\370B\355\204\003value\000\002\374\252 \010\002s\200\001\360\006\000\377\005\014\2105\220\010\230\001\377\230\035\240g\250Q\250a\376\017\003\025\220A\330\004\035\230\377Q\330\004\031\230\021\360\n\377\000\005\010\200t\2101\330\357\010\017\210q0\001\013\210$\277\210a\210t\2201#\001\016\377\210j\230\010\240\r\250S\377\260\010\270\003\2708\3003\377\300f\310C\310q\330\004\377\022\220*\230N\250,\260\377c\270\034\300S\310\010\320\377PS\320S_\320_b\377\320bc\330\004\010\210\005\377\210Q\330\010\013\2104\210\377q\220\003\2207\230!\330\377\014\022\220)\2301\320\034\375-\205\000d\260!\2602\320\3775F\300a\300s\310!\372$\0018k\000C\220w\230a\356$\001\047\230\021-\001\r\330\010\375\020\270\002\021\330\010\016\210f\047\220A\220P\000s\001A\270\000\017\000\177e\220<\230q\240\001\033\010_\013\2106\220\023\332\000\014\325\000\377\330\014\027\220u\230F""\240\357\047\250\021\250`\000\017\210r\377\220\022\2209\230A\230W\377\240B\240i\250q\260\005\377\260S\270\005\270U\300#\373\300W\317\000r\320QZ\320\377Z[\320[d\320df\267\320fg\217\0033\220\216\000\024\237\220A\340\014\021U\001~\000\014\377\032\230!\2306\240\022\240\2771\330\014\024\220K|\002\014\337\020\220\005\220U\025\0001\330\377\020\024\220E\230\027\240\001\177\240\021\330\020\033\2301}\000\377%\240s\250\047\260\021\260\377!\330\020\030\230\002\230\"\277\230I\240Q\240k\016\000$\177\260b\270\t\300\021\300\375\000\357\014\320\014%\023\000f\250A\343\330\010\t\000\230@\206 \010\t\210\337\021\210%\210v\362\001\014\210\377F\220!\2202\220R\220\305s\310 \010\t\003\231\001\340 8\220\376\241\002\r\210Q\210e\2206w\230\021\330\251\000\021\340\014\265#\357\023\230A\330\223\t\021\220\021O\220%\220v\371@\247\000F\310\000\3372\230R\230s\242 \033\260\357A\260Q\330\016\0043\230g^\242\000b\250\001\250\370 \013\300`s\003\220\354\000P\017\006\220a\200\016N\224\005l\240!\241 \242\006i\245C\367\013\2107\306\0001\330\004\013\357\2101\200\001\370a\034\2303\377\230a\230q\360\010\000\005\325\t\263`U\345\0007\336\003H\220\372\235\0011\216\"\"\320\"3\260\3731\260\235 \016\210b\220\002w\320\022\"Y\003\t\340\014\326A\337\023\220D\230\003\354 A\230\367S\240\003\230@\020\026\220jH\200B\210!\245AE\317ag\000e\264A\375\022\200 q\230\001\230\023\230\275E\245@\014\026\220e4\004\005\253\240Q\272!\025\324\000qM\0005\276\331a\017\210~\230Q\220\204\003\022\376\247\001\330\014\r\330\010\t\330\377\014\023\2201\220G\2307\277\240%\240x\250t\230\000L\377\300\r\310Q\330\024\036\230\377c\240\023\240C\240|\260\3171\330\017\020\"\002\325\205\001y\230\001\0018\t\373\001";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1443, 1734);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1555 bytes) */
+static const char cstring[] = "\377 among  \377is not p\377art of a\377 record \377messages\37702x?Note\377 that Cy\357thon1\001del\377iberatel\377y strict\373er!\001n PEP\377-484 and\376K\000jects s\377ubclasse\375sb\001builti\377n types.\377 If you \177need to\211\000\375s$\nthen s\373et\200\000e \047an~\255\000ation_<\000\177ing\047 di\262\000\367tiv\242\000o Fa\377lse.add_\376\325\000emsgpac\335ke\002 0x\347\001a \1777-field\344\004\372\034\001_\347\005: src\377/turbo_q\377ueue/_ka\377fka_code_c.pyx\213\000 :\002\255s\243*ha|\000o\250\000r\276\320\003trunc\233 d\373 o\224 oo de\177ep__Pyx\001\000\375D\253 _NextR\357ef__\313\004e__\347__f3\000\004\001mai\275n\003\002odul\025\002n\333am\002\003ew%\001qu\333al\014\004is\233\000ro\375u\317 easyncgio.\301@\013\003sb\203\000\377chcline_~Q\000traceb\220 \377clsdatae\377enderror\356\000\002_of\010\002she=a\024\000_key\004\004\013\004\375s\037\000hkhvii\341t\331 \034\000\037\0002\000kin\375d\334@t_topi\373cm\363 snnho\203ff\264@\000\003W\000\257@\262av\233er\353@tp\353*\241Ae\305d\202\204\001i\327A\000\006\216\000po\267ppr\204 ce\000\004_\350\047\003\243\204\003\201ae\232`def\377aultsize\377starttim\206\005\001mp\000\006\331\000\231\002\236\002_mb\001\003of\240Fts\354H\315.\353Iun\237b\224\205\003va\307lue\000\002\252 \010\002s\200\377\001\360\006\000\005\014\2105\377\220\010\230\001\230\035\240g\357\250Q\250a\017\003\025\220A\377\330\004\035\230Q\330\004\031\377\230\021\360\n\000\005\010\200\377t\2101\330\010\017\210q\3760\001\013\210$\210a\210t\373\2201#\001\016\210j\230\010\377\240\r\250S\260\010\270\003\377\2708\3003\300f\310C\377\310q\330\004\022\220*\230\377N\250,\260c\270\034\300\377S\310\010\320PS\320S\377_\320_b\320bc\330\377\004\010\210\005\210Q\330\010\377\013\2104\210q\220\003\220\3777\230!\330\014\022\220)\337\2301\320\034-\205\000d\260\377!\2602\3205F\300a\257\300s\310!$\0018k\000C\357\220w\230a$\001\047\230\021\336-\001\r\330\010\020\270\002\021\330\177\010\016\210f\220A\220P\000\362s\001A\270\000\017\000e\220<\230\367q\240\001\033\010""\013\2106\220\365\023\332\000\014\325\000\330\014\027\220\377u\230F\240\047\250\021\250\376`\000\017\210r\220\022\2209\377\230A\230W\240B\240i\377\250q\260\005\260S\270\005\277\270U\300#\300W\317\000r\377\320QZ\320Z[\320[\177d\320df\320fg\217\003\3733\220\216\000\024\220A\340\014\371\021U\001~\000\014\032\230!\230\3776\240\022\2401\330\014\024\373\220K|\002\014\020\220\005\220\375U\025\0001\330\020\024\220E\377\230\027\240\001\240\021\330\020\367\033\2301}\000%\240s\250\377\047\260\021\260!\330\020\030\377\230\002\230\"\230I\240Q\373\240k\016\000$\260b\270\t\367\300\021\300\375\000\014\320\014%>\023\000f\250A\330\010\t\000\230@\376\206 \010\t\210\021\210%\210\375v\362\001\014\210F\220!\220_2\220R\220s\310 \010\t\003\354\231\001\340 8\220\241\002\r\210Q\177\210e\2206\230\021\330\251\000\367\021\340\014\265#\023\230A\330\376\223\t\021\220\021\220%\220v\364\371@\247\000F\310\0002\230R\230\375s\242 \033\260A\260Q\330\356\016\0043\230g\242\000b\250\0015\250\370 \013\300`\003\220\354\000P\017\347\006\220a\200\016\224\005l\240!t\241 \242\006i\245C\013\2107\306\000\3771\330\004\013\2101\200\001\376\370a\034\2303\230a\230q_\360\010\000\005\t\263`U\345\000\2557\336\003H\220\235\0011\216\"\"\277\320\"3\2601\260\235 \016\177\210b\220\002\320\022\"Y\003\367\t\340\014\326A\023\220D\230}\003\354 A\230S\240\003\230@\217\020\026\220j\200B\210!\245AE\324\317ag\000e\264A\022\200 q\230\337\001\230\023\230E\245@\014\026\273\220e4\004\005\240Q\272!\025\312\324\000qM\0005\332`\\\000v\220\375V5\0023\240d\250!\250\3777\260#\260W\270E\300\377\024\300S\310\005\310S\320\177PT\320TU\320U\272`\377]\320]^\330\024\031\230\377\030\240\023\240E\250\023\250\377D\260\001\260\031\270#\270\375Q\021\001\023\230C\230u\240\337C\240t\2501\026\000\003\260\374\250`\234\005\010\017\210~\230Q\372\363\204\003\022\212!\330\014\r\330\010\377\t\330\014\023\2201\220G\377\2307\240%\240x\250t\336\373\000L\300\r\310J\000\036\230\335c_\000C\240|B\000\017\020\034\"\002\270\206\001y\230\0018\t\336!";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1555, 1872);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1734 bytes) */
-static const char bytes[] = " among  is not part of a record messages02x?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notemsgpack type 0xnot a 7-field recordpack_messages: src/turbo_queue/_kafka_codec.pyxtruncated or too deep__Pyx_PyDict_NextRef__annotate____func____main____module____name____new____qualname___is_coroutineasyncio.coroutinesbcatchcline_in_tracebackclsdataeenderrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnnhoffsetoffset_ofon_deliveryoutppack_messagespackedpartitionpartition_ofpopproduceproduce_packedrecord_typesetdefaultsizestarttimestamptimestamp_oftopictopic_btopic_oftruncatedtsturbo_queue._kafka_codecunpack_recordvaluevalue_ofvalues\200\001\360\006\000\005\014\2105\220\010\230\001\230\035\240g\250Q\250a\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005\220U\230!\2301\330\020\024\220E\230\027""\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101\200\001\360\n\000\005\034\2303\230a\230q\360\010\000\005\t\210\005\210U\220!\2207\230!\330\010\014\210H\220F\230!\2301\330\010\014\320\014\"\320\"3\2601\260A\330\010\016\210b\220\002\320\022\"\240!\2401\330\010\t\340\014\017\210r\220\023\220D\230\003\2301\230A\230S\240\003\2401\330\020\026\220j\240\001\240\021\330\014\021\220\021\330\014\024\220E\230\021\230!\2303\230e\2401\330\014\022\220%\220q\230\001\230\023\230E\240\021\330\014\026\220e\2301\230A\230S\240\005\240Q\330\014\021\220\025\220a\220q\230\003\2305\240\001\330\010\017\210~\230Q\330\014\022\220\047\230\022\2303\230a\330\014\r\330\010\t\330\014\023\2201\220G\2307\240%\240x\250t\2601\260L\300\r\310Q\330\024\036\230c\240\023\240C\240|\2601\330\017\020\330\014\023\2201\330\010\017\210y\230\001\330\014\022\220\047\230\022\2303\230a\330\004\013\2101";
+    #else /* compression: none (1872 bytes) */
+static const char bytes[] = " among  is not part of a record messages02x?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notemsgpack type 0xnot a 7-field recordpack_messages: src/turbo_queue/_kafka_codec.pyxthe fields of a record have other typestruncated or too deep__Pyx_PyDict_NextRef__annotate____func____main____module____name____new____qualname___is_coroutineasyncio.coroutinesbcatchcline_in_tracebackclsdataeenderrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnnhoffsetoffset_ofon_deliveryoutppack_messagespackedpartitionpartition_ofpopproduceproduce_packedrecord_typesetdefaultsizestarttimestamptimestamp_oftopictopic_btopic_oftruncatedtsturbo_queue._kafka_codecunpack_recordvaluevalue_ofvalues\200\001\360\006\000\005\014\2105\220\010\230\001\230\035\240g\250Q\250a\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005""\220U\230!\2301\330\020\024\220E\230\027\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101\200\001\360\n\000\005\034\2303\230a\230q\360\010\000\005\t\210\005\210U\220!\2207\230!\330\010\014\210H\220F\230!\2301\330\010\014\320\014\"\320\"3\2601\260A\330\010\016\210b\220\002\320\022\"\240!\2401\330\010\t\340\014\017\210r\220\023\220D\230\003\2301\230A\230S\240\003\2401\330\020\026\220j\240\001\240\021\330\014\021\220\021\330\014\024\220E\230\021\230!\2303\230e\2401\330\014\022\220%\220q\230\001\230\023\230E\240\021\330\014\026\220e\2301\230A\230S\240\005\240Q\330\014\021\220\025\220a\220q\230\003\2305\240\001\330\014\017\210v\220V\2303\230e\2403\240d\250!\2507\260#\260W\270E\300\024\300S\310\005\310S\320PT\320TU\320UZ\320Z]\320]^\330\024\031\230\030\240\023\240E\250\023\250D\260\001\260\031\270#\270Q\330\024\031\230\023\230C\230u\240C\240t\2501\250D\260\003\2601\330\020\026\220j\240\001\240\021\330\010\017\210~\230Q\330\014\022\220\047\230\022\2303\230a\330\014\r\330\010\t\330\014\023\2201\220G\2307\240%\240x\250t\2601\260L\300\r\310Q\330\024\036\230c\240\023\240C\240|\2601\330\017\020\330\014\023\2201\330\010\017""\210y\230\001\330\014\022\220\047\230\022\2303\230a\330\004\013\2101";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 75; i++) {
+    for (int i = 0; i < 76; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 12) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 13) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -8284,8 +8432,8 @@ static const char bytes[] = " among  is not part of a record messages02x?Note th
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 75; i < 79; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-75].length;
+    for (int i = 76; i < 80; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-76].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -8295,14 +8443,14 @@ static const char bytes[] = " among  is not part of a record messages02x?Note th
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 79; i++) {
+    for (Py_ssize_t i = 0; i < 80; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 75;
+      PyObject **table = stringtab + 76;
       for (Py_ssize_t i=0; i<4; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);

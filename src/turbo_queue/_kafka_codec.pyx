@@ -284,6 +284,10 @@ def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_deliver
             key = _read(&p, end, 0)
             headers = _read(&p, end, 0)
             ts = _read(&p, end, 0)
+            if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
+                    and (headers is None or type(headers) is tuple)
+                    and (ts is None or type(ts) is int)):
+                raise ValueError("the fields of a record have other types")
         except ValueError as e:
             errors.append((i, e))
             continue

@@ -78,6 +78,11 @@ class RecordSerializer:
         fields = msgpack.unpackb(data, raw=False, use_list=False)
         if not isinstance(fields, tuple) or len(fields) != len(Record._fields):
             raise ValueError(f"not a turbo_queue.kafka Record ({type(fields).__name__})")
+        value, key, headers, timestamp = fields[:4]
+        if not (isinstance(value, (bytes, type(None))) and isinstance(key, (bytes, type(None)))
+                and isinstance(headers, (tuple, type(None)))
+                and isinstance(timestamp, (int, type(None)))):
+            raise ValueError("not a turbo_queue.kafka Record (its fields have other types)")
         return Record._make(fields)
 
 
@@ -517,12 +522,17 @@ class KafkaSink(_Connector):
 
     def _produce_batch(self, queue: Dequeue, events: list[Any]) -> int:
         batch = _InFlight(queue, len(events))
-        if self.value_format == "record":
-            self._produce_records(batch, events)
-        else:
-            one = self._produce_one
-            assert one is not None
-            self._produce_all(batch, events, one, self._as_failed)
+        try:
+            if self.value_format == "record":
+                self._produce_records(batch, events)
+            else:
+                one = self._produce_one
+                assert one is not None
+                self._produce_all(batch, events, one, self._as_failed)
+        except BaseException:
+            queue.roll_back()  # kept whole in the queue; what was produced may come twice
+            self._free.append(queue)
+            raise
         self._inflight.append(batch)
         return len(events)
 
@@ -537,7 +547,7 @@ class KafkaSink(_Connector):
             # Counted before any poll() can deliver their reports.
             batch.outstanding += j - i - len(errors)
             for k, e in errors:
-                batch.failed.append(self._as_failed(RECORDS.loads(packed[k]), str(e)))
+                batch.failed.append(self._as_failed(self._record_at(batch, packed, k), str(e)))
             if j < n:
                 self._producer.poll(0.05)  # the client's queue is full: serve reports first
             i = j
@@ -575,6 +585,15 @@ class KafkaSink(_Connector):
                 batch.outstanding -= 1
                 batch.failed.append(as_failed(event, str(e)))
                 return
+
+    def _record_at(self, batch: _InFlight, packed: list[bytes], k: int) -> Record:
+        try:
+            return RECORDS.loads(packed[k])
+        except Exception as e:
+            raise ValueError(
+                f"turbo_queue.kafka: event {k} of {batch.path} is not a turbo_queue.kafka Record "
+                f"({e}). The batch was given back. Producers into this queue must use "
+                f"serializer=turbo_queue.kafka.RECORDS, or run the sink with value_format='bytes'.") from e
 
     def _as_failed(self, event: Any, reason: str) -> tuple[Any, ...]:
         if self.value_format == "record":
