@@ -2770,7 +2770,7 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_tuple[1];
+    PyObject *__pyx_tuple[3];
     PyObject *__pyx_codeobj_tab[3];
     PyObject *__pyx_string_tab[80];
     PyObject *__pyx_number_tab[1];
@@ -2921,7 +2921,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
   for (int i=0; i<80; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
@@ -2951,7 +2951,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
   for (int i=0; i<80; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
@@ -6845,8 +6845,8 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_2unpack_record(CYTHON_UNU
  * 
  * 
  * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
- *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
- *     first BufferError (the client's queue is full) and returns that index, to be called again
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce), passing
+ *     `on_delivery` unless it is None. Stops at the
 */
 
 /* Python wrapper */
@@ -6857,7 +6857,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_11turbo_queue_12_kafka_codec_4produce_packed, "produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors)\n\nProduce packed records packed[start:] with `produce` (a Producer\047s produce). Stops at the\nfirst BufferError (the client\047s queue is full) and returns that index, to be called again\nafter a poll; returns len(packed) when all were handed over. A record that cannot be read, or\nwhose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped.");
+PyDoc_STRVAR(__pyx_doc_11turbo_queue_12_kafka_codec_4produce_packed, "produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors)\n\nProduce packed records packed[start:] with `produce` (a Producer\047s produce), passing\n`on_delivery` unless it is None. Stops at the\nfirst BufferError (the client\047s queue is full) and returns that index, to be called again\nafter a poll; returns len(packed) when all were handed over. A record that cannot be read, or\nwhose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped.");
 static PyMethodDef __pyx_mdef_11turbo_queue_12_kafka_codec_5produce_packed = {"produce_packed", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_11turbo_queue_12_kafka_codec_5produce_packed, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_11turbo_queue_12_kafka_codec_4produce_packed};
 static PyObject *__pyx_pw_11turbo_queue_12_kafka_codec_5produce_packed(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
@@ -7039,7 +7039,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("produce_packed", 0);
 
-  /* "turbo_queue/_kafka_codec.pyx":270
+  /* "turbo_queue/_kafka_codec.pyx":271
  *     after a poll; returns len(packed) when all were handed over. A record that cannot be read, or
  *     whose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped."""
  *     cdef Py_ssize_t i, n = len(packed)             # <<<<<<<<<<<<<<
@@ -7048,12 +7048,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
   if (unlikely(__pyx_v_packed == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 270, __pyx_L1_error)
+    __PYX_ERR(0, 271, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyList_GET_SIZE(__pyx_v_packed); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyList_GET_SIZE(__pyx_v_packed); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 271, __pyx_L1_error)
   __pyx_v_n = __pyx_t_1;
 
-  /* "turbo_queue/_kafka_codec.pyx":274
+  /* "turbo_queue/_kafka_codec.pyx":275
  *     cdef const unsigned char* end
  *     cdef bytes b
  *     for i in range(start, n):             # <<<<<<<<<<<<<<
@@ -7067,7 +7067,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
   for (__pyx_t_3 = __pyx_v_start; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "turbo_queue/_kafka_codec.pyx":275
+    /* "turbo_queue/_kafka_codec.pyx":276
  *     cdef bytes b
  *     for i in range(start, n):
  *         b = <bytes?>packed[i]             # <<<<<<<<<<<<<<
@@ -7076,18 +7076,18 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
     if (unlikely(__pyx_v_packed == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 275, __pyx_L1_error)
+      __PYX_ERR(0, 276, __pyx_L1_error)
     }
-    __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_packed, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_packed, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 276, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    if (!(likely(PyBytes_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_4))) __PYX_ERR(0, 275, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_4))) __PYX_ERR(0, 276, __pyx_L1_error)
     __pyx_t_5 = __pyx_t_4;
     __Pyx_INCREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF_SET(__pyx_v_b, ((PyObject*)__pyx_t_5));
     __pyx_t_5 = 0;
 
-    /* "turbo_queue/_kafka_codec.pyx":276
+    /* "turbo_queue/_kafka_codec.pyx":277
  *     for i in range(start, n):
  *         b = <bytes?>packed[i]
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)             # <<<<<<<<<<<<<<
@@ -7096,7 +7096,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
     __pyx_v_p = ((unsigned char const *)PyBytes_AS_STRING(__pyx_v_b));
 
-    /* "turbo_queue/_kafka_codec.pyx":277
+    /* "turbo_queue/_kafka_codec.pyx":278
  *         b = <bytes?>packed[i]
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)
  *         end = p + PyBytes_GET_SIZE(b)             # <<<<<<<<<<<<<<
@@ -7105,7 +7105,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
     __pyx_v_end = (__pyx_v_p + PyBytes_GET_SIZE(__pyx_v_b));
 
-    /* "turbo_queue/_kafka_codec.pyx":278
+    /* "turbo_queue/_kafka_codec.pyx":279
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)
  *         end = p + PyBytes_GET_SIZE(b)
  *         try:             # <<<<<<<<<<<<<<
@@ -7121,7 +7121,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XGOTREF(__pyx_t_8);
       /*try:*/ {
 
-        /* "turbo_queue/_kafka_codec.pyx":280
+        /* "turbo_queue/_kafka_codec.pyx":281
  *         try:
  *             # Only what is produced: value, key, headers, timestamp (not where it came from).
  *             if p == end or p[0] != 0x97:             # <<<<<<<<<<<<<<
@@ -7147,7 +7147,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         if (unlikely(__pyx_t_9)) {
 
 
-          /* "turbo_queue/_kafka_codec.pyx":281
+          /* "turbo_queue/_kafka_codec.pyx":282
  *             # Only what is produced: value, key, headers, timestamp (not where it came from).
  *             if p == end or p[0] != 0x97:
  *                 raise ValueError("not a 7-field record")             # <<<<<<<<<<<<<<
@@ -7160,14 +7160,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
             PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_7_field_record};
             __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 281, __pyx_L5_error)
+            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 282, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __Pyx_Raise(__pyx_t_5, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          __PYX_ERR(0, 281, __pyx_L5_error)
+          __PYX_ERR(0, 282, __pyx_L5_error)
 
-          /* "turbo_queue/_kafka_codec.pyx":280
+          /* "turbo_queue/_kafka_codec.pyx":281
  *         try:
  *             # Only what is produced: value, key, headers, timestamp (not where it came from).
  *             if p == end or p[0] != 0x97:             # <<<<<<<<<<<<<<
@@ -7176,7 +7176,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":282
+        /* "turbo_queue/_kafka_codec.pyx":283
  *             if p == end or p[0] != 0x97:
  *                 raise ValueError("not a 7-field record")
  *             p += 1             # <<<<<<<<<<<<<<
@@ -7185,55 +7185,55 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
         __pyx_v_p = (__pyx_v_p + 1);
 
-        /* "turbo_queue/_kafka_codec.pyx":283
+        /* "turbo_queue/_kafka_codec.pyx":284
  *                 raise ValueError("not a 7-field record")
  *             p += 1
  *             value = _read(&p, end, 0)             # <<<<<<<<<<<<<<
  *             key = _read(&p, end, 0)
  *             headers = _read(&p, end, 0)
 */
-        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 283, __pyx_L5_error)
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 284, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_XDECREF_SET(__pyx_v_value, __pyx_t_5);
         __pyx_t_5 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":284
+        /* "turbo_queue/_kafka_codec.pyx":285
  *             p += 1
  *             value = _read(&p, end, 0)
  *             key = _read(&p, end, 0)             # <<<<<<<<<<<<<<
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)
 */
-        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 284, __pyx_L5_error)
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 285, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_5);
         __pyx_t_5 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":285
+        /* "turbo_queue/_kafka_codec.pyx":286
  *             value = _read(&p, end, 0)
  *             key = _read(&p, end, 0)
  *             headers = _read(&p, end, 0)             # <<<<<<<<<<<<<<
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
 */
-        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 285, __pyx_L5_error)
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 286, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_XDECREF_SET(__pyx_v_headers, __pyx_t_5);
         __pyx_t_5 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":286
+        /* "turbo_queue/_kafka_codec.pyx":287
  *             key = _read(&p, end, 0)
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)             # <<<<<<<<<<<<<<
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
  *                     and (headers is None or type(headers) is tuple)
 */
-        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 286, __pyx_L5_error)
+        __pyx_t_5 = __pyx_f_11turbo_queue_12_kafka_codec__read((&__pyx_v_p), __pyx_v_end, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 287, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_XDECREF_SET(__pyx_v_ts, __pyx_t_5);
         __pyx_t_5 = 0;
 
-        /* "turbo_queue/_kafka_codec.pyx":287
+        /* "turbo_queue/_kafka_codec.pyx":288
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
@@ -7258,7 +7258,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         }
         __pyx_L18_next_and:;
 
-        /* "turbo_queue/_kafka_codec.pyx":288
+        /* "turbo_queue/_kafka_codec.pyx":289
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
  *                     and (headers is None or type(headers) is tuple)             # <<<<<<<<<<<<<<
@@ -7273,7 +7273,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
           goto __pyx_L20_next_and;
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":287
+        /* "turbo_queue/_kafka_codec.pyx":288
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
@@ -7291,7 +7291,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         }
         __pyx_L20_next_and:;
 
-        /* "turbo_queue/_kafka_codec.pyx":288
+        /* "turbo_queue/_kafka_codec.pyx":289
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
  *                     and (headers is None or type(headers) is tuple)             # <<<<<<<<<<<<<<
@@ -7316,7 +7316,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         }
         __pyx_L22_next_and:;
 
-        /* "turbo_queue/_kafka_codec.pyx":289
+        /* "turbo_queue/_kafka_codec.pyx":290
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)
  *                     and (headers is None or type(headers) is tuple)
  *                     and (ts is None or type(ts) is int)):             # <<<<<<<<<<<<<<
@@ -7338,7 +7338,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 
         __pyx_L17_bool_binop_done:;
 
-        /* "turbo_queue/_kafka_codec.pyx":287
+        /* "turbo_queue/_kafka_codec.pyx":288
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
@@ -7351,7 +7351,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         if (unlikely(__pyx_t_10)) {
 
 
-          /* "turbo_queue/_kafka_codec.pyx":290
+          /* "turbo_queue/_kafka_codec.pyx":291
  *                     and (headers is None or type(headers) is tuple)
  *                     and (ts is None or type(ts) is int)):
  *                 raise ValueError("the fields of a record have other types")             # <<<<<<<<<<<<<<
@@ -7364,14 +7364,14 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
             PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_fields_of_a_record_have_othe};
             __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 290, __pyx_L5_error)
+            if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 291, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __Pyx_Raise(__pyx_t_5, 0, 0, 0);
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          __PYX_ERR(0, 290, __pyx_L5_error)
+          __PYX_ERR(0, 291, __pyx_L5_error)
 
-          /* "turbo_queue/_kafka_codec.pyx":287
+          /* "turbo_queue/_kafka_codec.pyx":288
  *             headers = _read(&p, end, 0)
  *             ts = _read(&p, end, 0)
  *             if not ((value is None or type(value) is bytes) and (key is None or type(key) is bytes)             # <<<<<<<<<<<<<<
@@ -7380,7 +7380,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":278
+        /* "turbo_queue/_kafka_codec.pyx":279
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)
  *         end = p + PyBytes_GET_SIZE(b)
  *         try:             # <<<<<<<<<<<<<<
@@ -7396,7 +7396,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":291
+      /* "turbo_queue/_kafka_codec.pyx":292
  *                     and (ts is None or type(ts) is int)):
  *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:             # <<<<<<<<<<<<<<
@@ -7406,7 +7406,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_ValueError))));
       if (__pyx_t_12) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_13) < 0) __PYX_ERR(0, 291, __pyx_L7_except_error)
+        if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_13) < 0) __PYX_ERR(0, 292, __pyx_L7_except_error)
         __Pyx_XGOTREF(__pyx_t_5);
         __Pyx_XGOTREF(__pyx_t_4);
         __Pyx_XGOTREF(__pyx_t_13);
@@ -7414,7 +7414,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         __pyx_v_e = ((PyObject*)__pyx_t_4);
         /*try:*/ {
 
-          /* "turbo_queue/_kafka_codec.pyx":292
+          /* "turbo_queue/_kafka_codec.pyx":293
  *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:
  *             errors.append((i, e))             # <<<<<<<<<<<<<<
@@ -7423,33 +7423,33 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
           if (unlikely(__pyx_v_errors == Py_None)) {
             PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-            __PYX_ERR(0, 292, __pyx_L30_error)
+            __PYX_ERR(0, 293, __pyx_L30_error)
           }
-          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 292, __pyx_L30_error)
+          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 293, __pyx_L30_error)
           __Pyx_GOTREF(__pyx_t_14);
-          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 292, __pyx_L30_error)
+          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 293, __pyx_L30_error)
           __Pyx_GOTREF(__pyx_t_15);
           __Pyx_GIVEREF(__pyx_t_14);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 292, __pyx_L30_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 293, __pyx_L30_error);
           __Pyx_INCREF(__pyx_v_e);
           __Pyx_GIVEREF(__pyx_v_e);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 292, __pyx_L30_error);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 293, __pyx_L30_error);
           __pyx_t_14 = 0;
-          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 292, __pyx_L30_error)
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 293, __pyx_L30_error)
           __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
 
-          /* "turbo_queue/_kafka_codec.pyx":293
+          /* "turbo_queue/_kafka_codec.pyx":294
  *         except ValueError as e:
  *             errors.append((i, e))
  *             continue             # <<<<<<<<<<<<<<
  *         try:
- *             produce(topic, value, key, headers=list(headers) if headers else None,
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
 */
           goto __pyx_L27_continue;
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":291
+        /* "turbo_queue/_kafka_codec.pyx":292
  *                     and (ts is None or type(ts) is int)):
  *                 raise ValueError("the fields of a record have other types")
  *         except ValueError as e:             # <<<<<<<<<<<<<<
@@ -7501,7 +7501,7 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       }
       goto __pyx_L7_except_error;
 
-      /* "turbo_queue/_kafka_codec.pyx":278
+      /* "turbo_queue/_kafka_codec.pyx":279
  *         p = <const unsigned char*>PyBytes_AS_STRING(b)
  *         end = p + PyBytes_GET_SIZE(b)
  *         try:             # <<<<<<<<<<<<<<
@@ -7523,12 +7523,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_L12_try_end:;
     }
 
-    /* "turbo_queue/_kafka_codec.pyx":294
+    /* "turbo_queue/_kafka_codec.pyx":295
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
- *             produce(topic, value, key, headers=list(headers) if headers else None,
- *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
 */
     {
       __Pyx_PyThreadState_declare
@@ -7539,102 +7539,314 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XGOTREF(__pyx_t_6);
       /*try:*/ {
 
-        /* "turbo_queue/_kafka_codec.pyx":295
- *             continue
+        /* "turbo_queue/_kafka_codec.pyx":297
  *         try:
- *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
- *                     timestamp=ts or 0, on_delivery=on_delivery)
- *         except BufferError:
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
 */
-        __pyx_t_4 = NULL;
-        __Pyx_INCREF(__pyx_v_produce);
-        __pyx_t_5 = __pyx_v_produce; 
-        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 295, __pyx_L36_error)
+        __pyx_t_10 = (__pyx_v_on_delivery != Py_None);
         if (__pyx_t_10) {
-          __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 295, __pyx_L36_error)
-          __Pyx_GOTREF(__pyx_t_14);
-          __pyx_t_15 = __pyx_t_14;
-          __pyx_t_14 = 0;
-        } else {
-          __Pyx_INCREF(Py_None);
-          __pyx_t_15 = Py_None;
+
+
+          /* "turbo_queue/_kafka_codec.pyx":298
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:
+*/
+          __pyx_t_4 = NULL;
+          __Pyx_INCREF(__pyx_v_produce);
+          __pyx_t_5 = __pyx_v_produce; 
+          __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 298, __pyx_L36_error)
+          if (__pyx_t_10) {
+            __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 298, __pyx_L36_error)
+            __Pyx_GOTREF(__pyx_t_14);
+            __pyx_t_15 = __pyx_t_14;
+            __pyx_t_14 = 0;
+          } else {
+            __Pyx_INCREF(Py_None);
+            __pyx_t_15 = Py_None;
+          }
+
+
+          /* "turbo_queue/_kafka_codec.pyx":299
+ *             if on_delivery is not None:
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,
+ *                         timestamp=ts or 0, on_delivery=on_delivery)             # <<<<<<<<<<<<<<
+ *             elif headers:
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+*/
+          __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 299, __pyx_L36_error)
+          if (!__pyx_t_10) {
+          } else {
+            __Pyx_INCREF(__pyx_v_ts);
+            __pyx_t_14 = __pyx_v_ts;
+            goto __pyx_L45_bool_binop_done;
+          }
+          __pyx_t_25 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 299, __pyx_L36_error)
+          __Pyx_GOTREF(__pyx_t_25);
+          __pyx_t_14 = __pyx_t_25;
+          __pyx_t_25 = 0;
+          __pyx_L45_bool_binop_done:;
+          #if CYTHON_VECTORCALL
+
+          /* "turbo_queue/_kafka_codec.pyx":298
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:
+*/
+          #endif
+          __pyx_t_11 = 1;
+          #if CYTHON_UNPACK_METHODS
+          if (unlikely(PyMethod_Check(__pyx_t_5))) {
+            __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_5);
+            assert(__pyx_t_4);
+            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+            __Pyx_INCREF(__pyx_t_4);
+            __Pyx_INCREF(__pyx__function);
+            __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+            __pyx_t_11 = 0;
+          }
+          #endif
+          {
+            PyObject *__pyx_callargs[7] = {__pyx_t_4, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_t_15, __pyx_t_14, __pyx_v_on_delivery};
+            #if CYTHON_VECTORCALL
+            __pyx_t_25 = __pyx_mstate_global->__pyx_tuple[0];
+            if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 298, __pyx_L36_error)
+            __Pyx_INCREF(__pyx_t_25);
+            #else
+            {
+              PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
+              __pyx_t_25 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 3);
+              if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 298, __pyx_L36_error)
+              __Pyx_GOTREF(__pyx_t_25);
+            }
+            #endif
+            __pyx_t_13 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_25);
+            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+            #if CYTHON_VECTORCALL
+            #endif
+            __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+            __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+            __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
+            __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+            if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 298, __pyx_L36_error)
+            __Pyx_GOTREF(__pyx_t_13);
+          }
+          __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+
+          /* "turbo_queue/_kafka_codec.pyx":297
+ *         try:
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+*/
+          goto __pyx_L44;
         }
 
+        /* "turbo_queue/_kafka_codec.pyx":300
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:
+*/
+        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_headers); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 300, __pyx_L36_error)
+        if (__pyx_t_10) {
 
-        /* "turbo_queue/_kafka_codec.pyx":296
- *         try:
- *             produce(topic, value, key, headers=list(headers) if headers else None,
- *                     timestamp=ts or 0, on_delivery=on_delivery)             # <<<<<<<<<<<<<<
+
+          /* "turbo_queue/_kafka_codec.pyx":301
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)             # <<<<<<<<<<<<<<
+ *             elif ts:
+ *                 produce(topic, value, key, timestamp=ts)
+*/
+          __pyx_t_5 = NULL;
+          __Pyx_INCREF(__pyx_v_produce);
+          __pyx_t_25 = __pyx_v_produce; 
+          __pyx_t_14 = PySequence_List(__pyx_v_headers); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 301, __pyx_L36_error)
+          __Pyx_GOTREF(__pyx_t_14);
+          __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 301, __pyx_L36_error)
+          if (!__pyx_t_10) {
+          } else {
+            __Pyx_INCREF(__pyx_v_ts);
+            __pyx_t_15 = __pyx_v_ts;
+            goto __pyx_L47_bool_binop_done;
+          }
+          __pyx_t_4 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 301, __pyx_L36_error)
+          __Pyx_GOTREF(__pyx_t_4);
+          __pyx_t_15 = __pyx_t_4;
+          __pyx_t_4 = 0;
+          __pyx_L47_bool_binop_done:;
+          #if CYTHON_VECTORCALL
+          #endif
+          __pyx_t_11 = 1;
+          #if CYTHON_UNPACK_METHODS
+          if (unlikely(PyMethod_Check(__pyx_t_25))) {
+            __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_25);
+            assert(__pyx_t_5);
+            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_25);
+            __Pyx_INCREF(__pyx_t_5);
+            __Pyx_INCREF(__pyx__function);
+            __Pyx_DECREF_SET(__pyx_t_25, __pyx__function);
+            __pyx_t_11 = 0;
+          }
+          #endif
+          {
+            PyObject *__pyx_callargs[6] = {__pyx_t_5, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_t_14, __pyx_t_15};
+            #if CYTHON_VECTORCALL
+            __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[1];
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 301, __pyx_L36_error)
+            __Pyx_INCREF(__pyx_t_4);
+            #else
+            {
+              PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp};
+              __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 2);
+              if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 301, __pyx_L36_error)
+              __Pyx_GOTREF(__pyx_t_4);
+            }
+            #endif
+            __pyx_t_13 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_25, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_4);
+            __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+            #if CYTHON_VECTORCALL
+            #endif
+            __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+            __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+            __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+            __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
+            if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 301, __pyx_L36_error)
+            __Pyx_GOTREF(__pyx_t_13);
+          }
+          __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+
+          /* "turbo_queue/_kafka_codec.pyx":300
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:
+*/
+          goto __pyx_L44;
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":302
+ *             elif headers:
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, timestamp=ts)
+ *             else:
+*/
+        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 302, __pyx_L36_error)
+        if (__pyx_t_10) {
+
+
+          /* "turbo_queue/_kafka_codec.pyx":303
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:
+ *                 produce(topic, value, key, timestamp=ts)             # <<<<<<<<<<<<<<
+ *             else:
+ *                 produce(topic, value, key)
+*/
+          __pyx_t_25 = NULL;
+          __Pyx_INCREF(__pyx_v_produce);
+          __pyx_t_4 = __pyx_v_produce; 
+          #if CYTHON_VECTORCALL
+          #endif
+          __pyx_t_11 = 1;
+          #if CYTHON_UNPACK_METHODS
+          if (unlikely(PyMethod_Check(__pyx_t_4))) {
+            __pyx_t_25 = PyMethod_GET_SELF(__pyx_t_4);
+            assert(__pyx_t_25);
+            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+            __Pyx_INCREF(__pyx_t_25);
+            __Pyx_INCREF(__pyx__function);
+            __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+            __pyx_t_11 = 0;
+          }
+          #endif
+          {
+            PyObject *__pyx_callargs[5] = {__pyx_t_25, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_v_ts};
+            #if CYTHON_VECTORCALL
+            __pyx_t_15 = __pyx_mstate_global->__pyx_tuple[2];
+            if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 303, __pyx_L36_error)
+            __Pyx_INCREF(__pyx_t_15);
+            #else
+            {
+              PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_timestamp};
+              __pyx_t_15 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 1);
+              if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 303, __pyx_L36_error)
+              __Pyx_GOTREF(__pyx_t_15);
+            }
+            #endif
+            __pyx_t_13 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_15);
+            __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
+            #if CYTHON_VECTORCALL
+            #endif
+            __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+            __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+            if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 303, __pyx_L36_error)
+            __Pyx_GOTREF(__pyx_t_13);
+          }
+          __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+
+          /* "turbo_queue/_kafka_codec.pyx":302
+ *             elif headers:
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:             # <<<<<<<<<<<<<<
+ *                 produce(topic, value, key, timestamp=ts)
+ *             else:
+*/
+          goto __pyx_L44;
+        }
+
+        /* "turbo_queue/_kafka_codec.pyx":305
+ *                 produce(topic, value, key, timestamp=ts)
+ *             else:
+ *                 produce(topic, value, key)             # <<<<<<<<<<<<<<
  *         except BufferError:
  *             return i
 */
-        __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_v_ts); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 296, __pyx_L36_error)
-        if (!__pyx_t_10) {
-        } else {
-          __Pyx_INCREF(__pyx_v_ts);
-          __pyx_t_14 = __pyx_v_ts;
-          goto __pyx_L44_bool_binop_done;
-        }
-        __pyx_t_25 = __Pyx_PyLong_From_long(0); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 296, __pyx_L36_error)
-        __Pyx_GOTREF(__pyx_t_25);
-        __pyx_t_14 = __pyx_t_25;
-        __pyx_t_25 = 0;
-        __pyx_L44_bool_binop_done:;
-        #if CYTHON_VECTORCALL
-
-        /* "turbo_queue/_kafka_codec.pyx":295
- *             continue
- *         try:
- *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
- *                     timestamp=ts or 0, on_delivery=on_delivery)
- *         except BufferError:
-*/
-        #endif
-        __pyx_t_11 = 1;
-        #if CYTHON_UNPACK_METHODS
-        if (unlikely(PyMethod_Check(__pyx_t_5))) {
-          __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_5);
-          assert(__pyx_t_4);
-          PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
-          __Pyx_INCREF(__pyx_t_4);
-          __Pyx_INCREF(__pyx__function);
-          __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
-          __pyx_t_11 = 0;
-        }
-        #endif
-        {
-          PyObject *__pyx_callargs[7] = {__pyx_t_4, __pyx_v_topic, __pyx_v_value, __pyx_v_key, __pyx_t_15, __pyx_t_14, __pyx_v_on_delivery};
-          #if CYTHON_VECTORCALL
-          __pyx_t_25 = __pyx_mstate_global->__pyx_tuple[0];
-          if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 295, __pyx_L36_error)
-          __Pyx_INCREF(__pyx_t_25);
-          #else
-          {
-            PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
-            __pyx_t_25 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+4, 3);
-            if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 295, __pyx_L36_error)
-            __Pyx_GOTREF(__pyx_t_25);
+        /*else*/ {
+          __pyx_t_4 = NULL;
+          __Pyx_INCREF(__pyx_v_produce);
+          __pyx_t_15 = __pyx_v_produce; 
+          __pyx_t_11 = 1;
+          #if CYTHON_UNPACK_METHODS
+          if (unlikely(PyMethod_Check(__pyx_t_15))) {
+            __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_15);
+            assert(__pyx_t_4);
+            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_15);
+            __Pyx_INCREF(__pyx_t_4);
+            __Pyx_INCREF(__pyx__function);
+            __Pyx_DECREF_SET(__pyx_t_15, __pyx__function);
+            __pyx_t_11 = 0;
           }
           #endif
-          __pyx_t_13 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_25);
-          __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-          #if CYTHON_VECTORCALL
-          #endif
-          __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-          __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-          __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
-          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 295, __pyx_L36_error)
-          __Pyx_GOTREF(__pyx_t_13);
+          {
+            PyObject *__pyx_callargs[4] = {__pyx_t_4, __pyx_v_topic, __pyx_v_value, __pyx_v_key};
+            __pyx_t_13 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_15, __pyx_callargs+__pyx_t_11, (4-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+            __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+            if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 305, __pyx_L36_error)
+            __Pyx_GOTREF(__pyx_t_13);
+          }
+          __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
         }
-        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+        __pyx_L44:;
 
-        /* "turbo_queue/_kafka_codec.pyx":294
+        /* "turbo_queue/_kafka_codec.pyx":295
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
- *             produce(topic, value, key, headers=list(headers) if headers else None,
- *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
 */
       }
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -7649,9 +7861,9 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "turbo_queue/_kafka_codec.pyx":297
- *             produce(topic, value, key, headers=list(headers) if headers else None,
- *                     timestamp=ts or 0, on_delivery=on_delivery)
+      /* "turbo_queue/_kafka_codec.pyx":306
+ *             else:
+ *                 produce(topic, value, key)
  *         except BufferError:             # <<<<<<<<<<<<<<
  *             return i
  *         except catch as e:
@@ -7659,36 +7871,36 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BufferError))));
       if (__pyx_t_17) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_5, &__pyx_t_25) < 0) __PYX_ERR(0, 297, __pyx_L38_except_error)
+        if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_15, &__pyx_t_4) < 0) __PYX_ERR(0, 306, __pyx_L38_except_error)
         __Pyx_XGOTREF(__pyx_t_13);
-        __Pyx_XGOTREF(__pyx_t_5);
-        __Pyx_XGOTREF(__pyx_t_25);
+        __Pyx_XGOTREF(__pyx_t_15);
+        __Pyx_XGOTREF(__pyx_t_4);
 
-        /* "turbo_queue/_kafka_codec.pyx":298
- *                     timestamp=ts or 0, on_delivery=on_delivery)
+        /* "turbo_queue/_kafka_codec.pyx":307
+ *                 produce(topic, value, key)
  *         except BufferError:
  *             return i             # <<<<<<<<<<<<<<
  *         except catch as e:
  *             errors.append((i, e))
 */
-        __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 298, __pyx_L38_except_error)
-        __Pyx_GOTREF(__pyx_t_14);
+        __pyx_t_25 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 307, __pyx_L38_except_error)
+        __Pyx_GOTREF(__pyx_t_25);
         {
           PyObject *__pyx_temp;
           {
             __pyx_temp = __pyx_r;
-            __pyx_r = __pyx_t_14;
+            __pyx_r = __pyx_t_25;
           }
           __Pyx_XDECREF(__pyx_temp);
         }
-        __pyx_t_14 = 0;
-        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __pyx_t_25 = 0;
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-        __Pyx_DECREF(__pyx_t_25); __pyx_t_25 = 0;
+        __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
         goto __pyx_L39_except_return;
       }
 
-      /* "turbo_queue/_kafka_codec.pyx":299
+      /* "turbo_queue/_kafka_codec.pyx":308
  *         except BufferError:
  *             return i
  *         except catch as e:             # <<<<<<<<<<<<<<
@@ -7698,15 +7910,15 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
       __pyx_t_17 = __Pyx_PyErr_ExceptionMatches(__pyx_v_catch);
       if (__pyx_t_17) {
         __Pyx_AddTraceback("turbo_queue._kafka_codec.produce_packed", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_25, &__pyx_t_5, &__pyx_t_13) < 0) __PYX_ERR(0, 299, __pyx_L38_except_error)
-        __Pyx_XGOTREF(__pyx_t_25);
-        __Pyx_XGOTREF(__pyx_t_5);
+        if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_15, &__pyx_t_13) < 0) __PYX_ERR(0, 308, __pyx_L38_except_error)
+        __Pyx_XGOTREF(__pyx_t_4);
+        __Pyx_XGOTREF(__pyx_t_15);
         __Pyx_XGOTREF(__pyx_t_13);
-        __Pyx_INCREF(__pyx_t_5);
-        __pyx_v_e = __pyx_t_5;
+        __Pyx_INCREF(__pyx_t_15);
+        __pyx_v_e = __pyx_t_15;
         /*try:*/ {
 
-          /* "turbo_queue/_kafka_codec.pyx":300
+          /* "turbo_queue/_kafka_codec.pyx":309
  *             return i
  *         except catch as e:
  *             errors.append((i, e))             # <<<<<<<<<<<<<<
@@ -7714,24 +7926,24 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
 */
           if (unlikely(__pyx_v_errors == Py_None)) {
             PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-            __PYX_ERR(0, 300, __pyx_L53_error)
+            __PYX_ERR(0, 309, __pyx_L56_error)
           }
-          __pyx_t_14 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 300, __pyx_L53_error)
+          __pyx_t_25 = PyLong_FromSsize_t(__pyx_v_i); if (unlikely(!__pyx_t_25)) __PYX_ERR(0, 309, __pyx_L56_error)
+          __Pyx_GOTREF(__pyx_t_25);
+          __pyx_t_14 = PyTuple_New(2); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 309, __pyx_L56_error)
           __Pyx_GOTREF(__pyx_t_14);
-          __pyx_t_15 = PyTuple_New(2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 300, __pyx_L53_error)
-          __Pyx_GOTREF(__pyx_t_15);
-          __Pyx_GIVEREF(__pyx_t_14);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 0, __pyx_t_14) != (0)) __PYX_ERR(0, 300, __pyx_L53_error);
+          __Pyx_GIVEREF(__pyx_t_25);
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_14, 0, __pyx_t_25) != (0)) __PYX_ERR(0, 309, __pyx_L56_error);
           __Pyx_INCREF(__pyx_v_e);
           __Pyx_GIVEREF(__pyx_v_e);
-          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_15, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 300, __pyx_L53_error);
-          __pyx_t_14 = 0;
-          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_15); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 300, __pyx_L53_error)
-          __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+          if (__Pyx_PyTuple_SET_ITEM(__pyx_t_14, 1, __pyx_v_e) != (0)) __PYX_ERR(0, 309, __pyx_L56_error);
+          __pyx_t_25 = 0;
+          __pyx_t_16 = __Pyx_PyList_Append(__pyx_v_errors, __pyx_t_14); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L56_error)
+          __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
 
         }
 
-        /* "turbo_queue/_kafka_codec.pyx":299
+        /* "turbo_queue/_kafka_codec.pyx":308
  *         except BufferError:
  *             return i
  *         except catch as e:             # <<<<<<<<<<<<<<
@@ -7741,16 +7953,16 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
         /*finally:*/ {
           /*normal exit:*/{
             __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
-            goto __pyx_L54;
+            goto __pyx_L57;
           }
-          __pyx_L53_error:;
+          __pyx_L56_error:;
           /*exception exit:*/{
             __Pyx_PyThreadState_declare
             __Pyx_PyThreadState_assign
             __pyx_t_24 = 0; __pyx_t_23 = 0; __pyx_t_22 = 0; __pyx_t_21 = 0; __pyx_t_20 = 0; __pyx_t_19 = 0;
             __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
-            __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
-            __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+            __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
+            __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
              __Pyx_ExceptionSwap(&__pyx_t_21, &__pyx_t_20, &__pyx_t_19);
             if ( unlikely(__Pyx_GetException(&__pyx_t_24, &__pyx_t_23, &__pyx_t_22) < 0)) __Pyx_ErrFetch(&__pyx_t_24, &__pyx_t_23, &__pyx_t_22);
             __Pyx_XGOTREF(__pyx_t_24);
@@ -7775,21 +7987,21 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
             __pyx_lineno = __pyx_t_17; __pyx_clineno = __pyx_t_12; __pyx_filename = __pyx_t_18;
             goto __pyx_L38_except_error;
           }
-          __pyx_L54:;
+          __pyx_L57:;
         }
-        __Pyx_XDECREF(__pyx_t_25); __pyx_t_25 = 0;
-        __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
         __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
         goto __pyx_L37_exception_handled;
       }
       goto __pyx_L38_except_error;
 
-      /* "turbo_queue/_kafka_codec.pyx":294
+      /* "turbo_queue/_kafka_codec.pyx":295
  *             errors.append((i, e))
  *             continue
  *         try:             # <<<<<<<<<<<<<<
- *             produce(topic, value, key, headers=list(headers) if headers else None,
- *                     timestamp=ts or 0, on_delivery=on_delivery)
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
 */
       __pyx_L38_except_error:;
       __Pyx_XGIVEREF(__pyx_t_8);
@@ -7814,12 +8026,12 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
   }
 
 
-  /* "turbo_queue/_kafka_codec.pyx":301
+  /* "turbo_queue/_kafka_codec.pyx":310
  *         except catch as e:
  *             errors.append((i, e))
  *     return n             # <<<<<<<<<<<<<<
 */
-  __pyx_t_13 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 301, __pyx_L1_error)
+  __pyx_t_13 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_13);
   {
     PyObject *__pyx_temp;
@@ -7836,8 +8048,8 @@ static PyObject *__pyx_pf_11turbo_queue_12_kafka_codec_4produce_packed(CYTHON_UN
  * 
  * 
  * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
- *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
- *     first BufferError (the client's queue is full) and returns that index, to be called again
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce), passing
+ *     `on_delivery` unless it is None. Stops at the
 */
 
   /* function exit code */
@@ -8273,8 +8485,8 @@ __Pyx_RefNannySetupContext("PyInit__kafka_codec", 0);
  * 
  * 
  * def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):             # <<<<<<<<<<<<<<
- *     """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
- *     first BufferError (the client's queue is full) and returns that index, to be called again
+ *     """Produce packed records packed[start:] with `produce` (a Producer's produce), passing
+ *     `on_delivery` unless it is None. Stops at the
 */
   __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_11turbo_queue_12_kafka_codec_5produce_packed, 0, __pyx_mstate_global->__pyx_n_u_produce_packed, NULL, __pyx_mstate_global->__pyx_n_u_turbo_queue__kafka_codec, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
@@ -8340,23 +8552,51 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "turbo_queue/_kafka_codec.pyx":295
- *             continue
- *         try:
- *             produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
- *                     timestamp=ts or 0, on_delivery=on_delivery)
- *         except BufferError:
+  /* "turbo_queue/_kafka_codec.pyx":298
+ *             # Keywords only where needed: each one is parsed by produce() on every call.
+ *             if on_delivery is not None:
+ *                 produce(topic, value, key, headers=list(headers) if headers else None,             # <<<<<<<<<<<<<<
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp, __pyx_mstate_global->__pyx_n_u_on_delivery};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 295, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 298, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
+
+  /* "turbo_queue/_kafka_codec.pyx":301
+ *                         timestamp=ts or 0, on_delivery=on_delivery)
+ *             elif headers:
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)             # <<<<<<<<<<<<<<
+ *             elif ts:
+ *                 produce(topic, value, key, timestamp=ts)
+*/
+  {
+    PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_headers, __pyx_mstate_global->__pyx_n_u_timestamp};
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 301, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
+
+  /* "turbo_queue/_kafka_codec.pyx":303
+ *                 produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+ *             elif ts:
+ *                 produce(topic, value, key, timestamp=ts)             # <<<<<<<<<<<<<<
+ *             else:
+ *                 produce(topic, value, key)
+*/
+  {
+    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_timestamp};
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 303, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<1; ++i) {
+    for (Py_ssize_t i=0; i<3; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -8391,30 +8631,30 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{7},{24},{9},{3},{1},{179},{8},{15},{20},{15},{32},{39},{21},{20},{12},{8},{8},{10},{8},{7},{12},{13},{18},{1},{5},{18},{3},{4},{1},{3},{5},{8},{6},{11},{7},{10},{2},{2},{1},{5},{3},{6},{4},{10},{1},{4},{1},{2},{6},{9},{11},{3},{1},{13},{6},{9},{12},{3},{7},{14},{11},{10},{4},{5},{9},{12},{5},{7},{8},{9},{2},{24},{13},{5},{8},{6}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{21},{653},{354}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{21},{653},{424}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1220 bytes) */
-static const char cstring[] = "x\332mSKo\333F\020\216b+\220k:\321\303y5N\261\262c\030-j\047\362#v\213\002\205\352G\033\2640,+\256\201\004)\261\"\227\022-\212\224\270K\307*\212\"G\036\367\270G\036y\344QG\035}\344\221G\377\204\374\204\316\222\266k\243\025$\316rv\036\337|\337\010\341\236c\267\0212)\262\035\206\372\330e\3101\020F.\321\034WG=B)n\023\372j\365\354\307}\207\021\304:\230\241\355!\3538\266L\322\211e\266\210\213\031\261\206\2102\327\324\030qe\220\215\016v\017\226\327\267\326\021\266u\250vB4F\021\365Z\232\205)%Tviy\246\305L\033\261a\237\320\025\364\306@C\307C6!:b\016`\241\267\022X\207\330\210\022&\017h\t\333\200\0273\323\261UH7\355\366\022\322M\000\315\314S\"\263\367\260E\311\n\326u\025\342H\217\266\373X\353\246\235\320\25339*F\233\313\206I,\375rTy\257^\215\373=\242\256\366\222yn\313Q\007\036\361\310K\265\213\215.V5G\047\332J\177x&A\244\351\364\026_\035\014\355\035\270t\263\251\230\353\331\032\260\243#\007<\216\003\204\221\276\252\036\014\317\340\267\003l\251\373\344\214\035\022CU/\047\"*|\014\310\222\266\207M;\265\216\356Y\351\215\215{\231%\037\245\031x\330\272t\231\024\320\271\216\007\214\022L\207\266f:+\327\016\332\002\024ZG\263\340\254BM\346b\215\264`d\315\242:f\230\020[\047\256\353\270\351Cu\214\324\322\016\301\340V\273dxy\2742\020\321\351vNMSr\013\327\360\005W\327\264uP\213\251\314\351\233Z\017X\247\266\335q\014\003d\313\236\020\004\212\311\2559%.\250\315\372\267x\227/D\227[hJi\257\017\220\326w\372}\027h\320\310\245Q\263\340\214x5e\2330\235\030\330\263\0305\377\004\356!\233\231=y\350\365\257\017P*E\227>\324Vf\300w%\024\2437d_\271)\273g\247X\263\206\247\330\362H\372\200\344\324\322O\271\317\367\356\344\025\177\203\027DN<\017\332a#\304\231\363!\257\047\223\317E#\231|*J\237\277\270\223/|b~-)<\360\007\362z\332\177\341c\237\361\232\014\273\357\237\210B0\0236\243\302hb\2645^\033\033\347\333\347\203d\262\314\277\021\373\341\267\2216\232\0337\317\013\361A3n\252\261\332\212[Z2Y\360\363~#)L\373\353\376\200O\360MQM\2242\377Z\324\342\271e\300\241G\325h5\336\330\033\3431=\257\312\270-\350\266\315?""\n,\343\226DI&\314$\205b\n\276\224\024\356\373\006\257s()\333\326\001:x\010\377A\014\202\334\215\250i\3775\257\000j\005\346J\224\307\334\023{\301RX\n\253r6\227\227\371w\220{\034\374\024\230\341 \312G\315Q~t4^\030\037\303Dn\334x\027\277{\037\277\327c\335\210\215v\006j\215\003\240Y^\277PJ\2620\000P\276\024U\361:(\0075y\361k\n@)\362<?\002\177-)\316\362]\3618\310\005\245\244\370L\324\240\377b@\303\245\250\024U\223\342\023qW\314\2137A#\350\202\343E\324\032M\215Kc\000\247\304\312\"x\215\260\236\236A\032 \2420\345\227\374E\377TN\255\370{\274\312W\371!\247\242z\365*\301\375\213r\306o\000#\257\345\340%^\272P2R*\242~\013\036\\\361E~\n\004\002\322=\360\255\212CA\201\244gQ=\272v\256\2116\300i\205\2710%u\003$\254\375_\207{\034\377\007\320\325\321\n\252\300\321\365\253\231I5\355o\302k-\231\234\366k\260\214\260{s\320\r\213\301\347\302\235\374\024l\315\021\\of%\177I\261\324RJ\346\343\371\265\250\026\325\245\356-~7.\317g\345\247.\024\251l\205\357\210\t\240\273.\232\301\004\370\213\217\370I*\202D*\205\332\225+\005\235\210\324\255\014\024\014Rrve\310#N.S\363ACf<\204\261\006PoCj\373\000\024\370=\315\\\013\364\260\032nF\013\321\361hw<\013[\237?o\306\007o\343\267G\361\021,\317\207\370\303\037\311\354S\361$\250\004\273a%\334\211r\321\323\321\302\250!\235\025\261-\274`;`a\r.&\242\033\030a7\377\006A\322\305/K6\322\325\237J\224\n\374)~\026\233\260Bg!\203\351\177\033\317\234C\261\257\204\006\035\266\203\277\240\310\203b\032&k\014E\356f\r\311\360?\352\305\330\334";
-    PyObject *data = __Pyx_DecompressString(cstring, 1220, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1255 bytes) */
+static const char cstring[] = "x\332mT\315O\333H\024\047\205tCqK>hi\267\2554\201\"\264\325\2266|\024\266\252\264\312R\320V\253\255\010)[\251U\327\232\330\343\304\304\261\023\317\230\222\325j\325\243\217s\234\243\217>\372\230c\216\034}\364\221?\241\177\302\276\261\201\302v\021\370\315\274\217y\277\367\373=\201p\317\261\333\010\231\024\331\016C}\3542\344\030\010#\227h\216\253\243\036\241\024\267\t}\266z\374\363\033\207\021\304:\230\241\355!\3538\266,\322\211e\266\210\213\031\261\206\2102\327\324\030qe\222\215\366v\366\236\254o\255#l\353\360\332!\321\030E\324ki\026\246\224P\331\245\345\231\0263m\304\206}BW\320k\003\r\035\017\331\204\350\2109\200\205^)`\035b#J\230<\240el\003^\314L\307V\241\334\264\333\313H7\00143\217\210\254\336\305\026%+X\327U\310#=\332\356c\255\233vB\317\216\345\250\030m>1Lb\351g\243\312\270z>\356\013D]\355)\363\334\226\243\016<\342\221\247j\027\033]\254j\216N\264\225\376\360X\202H\313\351\025\276:\030\332;\020t\263\251\230\353\331\032\260\243#\007<\216\003\204\221\276\252\356\r\217\341\357\025\260\245\276!\307l\237\030\252z6\021Q\341\307\200*i{\330\264S\353\350\236\225Fl\334\313,\371$\315\300\303\326\231\313\244\200\316u<`\224`:\2645\323Y\271p\320\026\240\320:\232\005g\025\336d.\326H\013F\326,\252c\206\t\261u\342\272\216\233~T\307H-\355\020\014n\265K\206g\307s\003\031\235n\347\3104%\267\020\206_puM[\007\265\230\312\234\276\251\365\200uj\333\035\3070@\266\354\013I\240\230\334\232#\342\202\332\254\177\205wy!\272\334BSJ{q\200\262\276\323\357\273@\203F\316\214\232%g\304\253)\333\204\351\304\300\236\305\250\371\027p\017\325\314\354\311C\257\177q\200\247Rt\351Gme\006|\347B1zI\366\225\313\262{v\2125kx\204-\217\244\037(N-\375\234\373r}\"\257\370\033\274 r\342a\320\016\033!\316\234\267y=\231z(\032\311\324=Q\372rc\"_\370\314\374ZR\230\365\0072<\343?\362\261\317xM\246\335\362\017E!\270\0316\243\302hr\2645^\033\033\047\333\047\203d\252\314\037\2137\341\217\2216z0n\236\024\342\275f\334Tc\265\025\267\264d\252\340\347\375FR\230\361\327\375\001\237\344\233\242\232(e\376\203\250\305\017\236\000""\016=\252F\253\361\306\356\030\217\351IU\346mA\267m\376I`\231\267,J\262\340fR(\246\340KI\341\226o\360:\207\047e\333:@\007\017\341/\305 \310]\312\232\361\237\363\n\240V`\256D\231\347\236\330\r\226\303RX\225\263\271\274\314\177\202\332w\301/\201\031\016\242|\324\034\345G\007\343\305\361;\230\310\215\033\357\343\367\037\342\017z\254\033\261\321\316@\255q\0004\307\353\247JI>\014\000\224\357EU<\017\312AM\006~K\001(E\236\347\007\340\257%\3059\276#\346\203\\PJ\212\367E\r\372/\0054\\\216JQ5)\336\025\327\304\202x\0354\202.8\036E\255\321\364\2704\006pJ\254,\201\327\010\353\351\031\244\001\"\n\323~\311_\362\217\344\324\212\277\313\253|\225\357s*\252\347W\t\356+\312\233~\003\030y.\007/\361\322\251\222\221R\021\365+\360 \304\227\370\021\020\010Hw\301\267*\366\005\005\222\356G\365\350\302\271&\332\000\247\025\346\302\224\324\r\220\260\366\177\035\256s\374\r\240\363\243\025T\201\243\213\253\231I5\343o\302\265\226L\315\3705XFe\"\377\000\272a1\370R\230\310O\303\326\034@x3{\362\327\024K-\245d!^X\213jQ]\352\336\342\327\342\362B\366\374\364\251\"\225\255\360Wb\022\350\256\213f0\t\376\342\035~\230\212 \221J\241v\344JA\047\"u+\003\005\203\224\234\035\231r\207\223\263\322|\320\220\025\267a\254\001\274\267!\265\235\005\005\376H+\327\002=\254\206\233\321b\364n\2643\236\203\255\317\2374\343\275\267\361\333\203\370\000\226\347c\374\361\317d\356\236\270\033T\202\235\260\022\276\212r\321\275\321\342\250!\235\025\261-\274`;`a\r\002\223\321%\214\260\233\377\200 \351\342\227%\033\351\352\247\223\375-6\003X\234y\200\363\235\370\024\220p+Z\217\006#e\374{\334\330O\356.\004\213A3\234\014_F\203\244T\3766\357\306\3701\2546\215\367\233\377\t\277\210\032\247\027W\234\314\026\023\245\302\323\377\000C\221\273\214D\352\364/\032\273\367Q";
+    PyObject *data = __Pyx_DecompressString(cstring, 1255, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1555 bytes) */
-static const char cstring[] = "\377 among  \377is not p\377art of a\377 record \377messages\37702x?Note\377 that Cy\357thon1\001del\377iberatel\377y strict\373er!\001n PEP\377-484 and\376K\000jects s\377ubclasse\375sb\001builti\377n types.\377 If you \177need to\211\000\375s$\nthen s\373et\200\000e \047an~\255\000ation_<\000\177ing\047 di\262\000\367tiv\242\000o Fa\377lse.add_\376\325\000emsgpac\335ke\002 0x\347\001a \1777-field\344\004\372\034\001_\347\005: src\377/turbo_q\377ueue/_ka\377fka_code_c.pyx\213\000 :\002\255s\243*ha|\000o\250\000r\276\320\003trunc\233 d\373 o\224 oo de\177ep__Pyx\001\000\375D\253 _NextR\357ef__\313\004e__\347__f3\000\004\001mai\275n\003\002odul\025\002n\333am\002\003ew%\001qu\333al\014\004is\233\000ro\375u\317 easyncgio.\301@\013\003sb\203\000\377chcline_~Q\000traceb\220 \377clsdatae\377enderror\356\000\002_of\010\002she=a\024\000_key\004\004\013\004\375s\037\000hkhvii\341t\331 \034\000\037\0002\000kin\375d\334@t_topi\373cm\363 snnho\203ff\264@\000\003W\000\257@\262av\233er\353@tp\353*\241Ae\305d\202\204\001i\327A\000\006\216\000po\267ppr\204 ce\000\004_\350\047\003\243\204\003\201ae\232`def\377aultsize\377starttim\206\005\001mp\000\006\331\000\231\002\236\002_mb\001\003of\240Fts\354H\315.\353Iun\237b\224\205\003va\307lue\000\002\252 \010\002s\200\377\001\360\006\000\005\014\2105\377\220\010\230\001\230\035\240g\357\250Q\250a\017\003\025\220A\377\330\004\035\230Q\330\004\031\377\230\021\360\n\000\005\010\200\377t\2101\330\010\017\210q\3760\001\013\210$\210a\210t\373\2201#\001\016\210j\230\010\377\240\r\250S\260\010\270\003\377\2708\3003\300f\310C\377\310q\330\004\022\220*\230\377N\250,\260c\270\034\300\377S\310\010\320PS\320S\377_\320_b\320bc\330\377\004\010\210\005\210Q\330\010\377\013\2104\210q\220\003\220\3777\230!\330\014\022\220)\337\2301\320\034-\205\000d\260\377!\2602\3205F\300a\257\300s\310!$\0018k\000C\357\220w\230a$\001\047\230\021\336-\001\r\330\010\020\270\002\021\330\177\010\016\210f\220A\220P\000\362s\001A\270\000\017\000e\220<\230\367q\240\001\033\010""\013\2106\220\365\023\332\000\014\325\000\330\014\027\220\377u\230F\240\047\250\021\250\376`\000\017\210r\220\022\2209\377\230A\230W\240B\240i\377\250q\260\005\260S\270\005\277\270U\300#\300W\317\000r\377\320QZ\320Z[\320[\177d\320df\320fg\217\003\3733\220\216\000\024\220A\340\014\371\021U\001~\000\014\032\230!\230\3776\240\022\2401\330\014\024\373\220K|\002\014\020\220\005\220\375U\025\0001\330\020\024\220E\377\230\027\240\001\240\021\330\020\367\033\2301}\000%\240s\250\377\047\260\021\260!\330\020\030\377\230\002\230\"\230I\240Q\373\240k\016\000$\260b\270\t\367\300\021\300\375\000\014\320\014%>\023\000f\250A\330\010\t\000\230@\376\206 \010\t\210\021\210%\210\375v\362\001\014\210F\220!\220_2\220R\220s\310 \010\t\003\354\231\001\340 8\220\241\002\r\210Q\177\210e\2206\230\021\330\251\000\367\021\340\014\265#\023\230A\330\376\223\t\021\220\021\220%\220v\364\371@\247\000F\310\0002\230R\230\375s\242 \033\260A\260Q\330\356\016\0043\230g\242\000b\250\0015\250\370 \013\300`\003\220\354\000P\017\347\006\220a\200\016\224\005l\240!t\241 \242\006i\245C\013\2107\306\000\3771\330\004\013\2101\200\001\376\370a\034\2303\230a\230q_\360\010\000\005\t\263`U\345\000\2557\336\003H\220\235\0011\216\"\"\277\320\"3\2601\260\235 \016\177\210b\220\002\320\022\"Y\003\367\t\340\014\326A\023\220D\230}\003\354 A\230S\240\003\230@\217\020\026\220j\200B\210!\245AE\324\317ag\000e\264A\022\200 q\230\337\001\230\023\230E\245@\014\026\273\220e4\004\005\240Q\272!\025\312\324\000qM\0005\332`\\\000v\220\375V5\0023\240d\250!\250\3777\260#\260W\270E\300\377\024\300S\310\005\310S\320\177PT\320TU\320U\272`\377]\320]^\330\024\031\230\377\030\240\023\240E\250\023\250\377D\260\001\260\031\270#\270\375Q\021\001\023\230C\230u\240\337C\240t\2501\026\000\003\260\374\250`\234\005\010\017\210~\230Q\372\363\204\003\022\212!\330\014\r\330\010\377\t\330\014\023\2201\220G\377\2307\240%\240x\250t\336\373\000L\300\r\310J\000\036\230\335c_\000C\240|B\000\017\020\034\"\002\270\206\001y\230\0018\t\336!";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1555, 1872);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1600 bytes) */
+static const char cstring[] = "\377 among  \377is not p\377art of a\377 record \377messages\37702x?Note\377 that Cy\357thon1\001del\377iberatel\377y strict\373er!\001n PEP\377-484 and\376K\000jects s\377ubclasse\375sb\001builti\377n types.\377 If you \177need to\211\000\375s$\nthen s\373et\200\000e \047an~\255\000ation_<\000\177ing\047 di\262\000\367tiv\242\000o Fa\377lse.add_\376\325\000emsgpac\335ke\002 0x\347\001a \1777-field\344\004\372\034\001_\347\005: src\377/turbo_q\377ueue/_ka\377fka_code_c.pyx\213\000 :\002\255s\243*ha|\000o\250\000r\276\320\003trunc\233 d\373 o\224 oo de\177ep__Pyx\001\000\375D\253 _NextR\357ef__\313\004e__\347__f3\000\004\001mai\275n\003\002odul\025\002n\333am\002\003ew%\001qu\333al\014\004is\233\000ro\375u\317 easyncgio.\301@\013\003sb\203\000\377chcline_~Q\000traceb\220 \377clsdatae\377enderror\356\000\002_of\010\002she=a\024\000_key\004\004\013\004\375s\037\000hkhvii\341t\331 \034\000\037\0002\000kin\375d\334@t_topi\373cm\363 snnho\203ff\264@\000\003W\000\257@\262av\233er\353@tp\353*\241Ae\305d\202\204\001i\327A\000\006\216\000po\267ppr\204 ce\000\004_\350\047\003\243\204\003\201ae\232`def\377aultsize\377starttim\206\005\001mp\000\006\331\000\231\002\236\002_mb\001\003of\240Fts\354H\315.\353Iun\237b\224\205\003va\307lue\000\002\252 \010\002s\200\377\001\360\006\000\005\014\2105\377\220\010\230\001\230\035\240g\357\250Q\250a\017\003\025\220A\377\330\004\035\230Q\330\004\031\377\230\021\360\n\000\005\010\200\377t\2101\330\010\017\210q\3760\001\013\210$\210a\210t\373\2201#\001\016\210j\230\010\377\240\r\250S\260\010\270\003\377\2708\3003\300f\310C\377\310q\330\004\022\220*\230\377N\250,\260c\270\034\300\377S\310\010\320PS\320S\377_\320_b\320bc\330\377\004\010\210\005\210Q\330\010\377\013\2104\210q\220\003\220\3777\230!\330\014\022\220)\337\2301\320\034-\205\000d\260\377!\2602\3205F\300a\257\300s\310!$\0018k\000C\357\220w\230a$\001\047\230\021\336-\001\r\330\010\020\270\002\021\330\177\010\016\210f\220A\220P\000\362s\001A\270\000\017\000e\220<\230\367q\240\001\033\010""\013\2106\220\365\023\332\000\014\325\000\330\014\027\220\377u\230F\240\047\250\021\250\376`\000\017\210r\220\022\2209\377\230A\230W\240B\240i\377\250q\260\005\260S\270\005\277\270U\300#\300W\317\000r\377\320QZ\320Z[\320[\177d\320df\320fg\217\003\3733\220\216\000\024\220A\340\014\371\021U\001~\000\014\032\230!\230\3776\240\022\2401\330\014\024\373\220K|\002\014\020\220\005\220\375U\025\0001\330\020\024\220E\377\230\027\240\001\240\021\330\020\367\033\2301}\000%\240s\250\377\047\260\021\260!\330\020\030\377\230\002\230\"\230I\240Q\373\240k\016\000$\260b\270\t\367\300\021\300\375\000\014\320\014%>\023\000f\250A\330\010\t\000\230@\376\206 \010\t\210\021\210%\210\375v\362\001\014\210F\220!\220_2\220R\220s\310 \010\t\003\354\231\001\340 8\220\241\002\r\210Q\177\210e\2206\230\021\330\251\000\367\021\340\014\265#\023\230A\330\376\223\t\021\220\021\220%\220v\364\371@\247\000F\310\0002\230R\230\375s\242 \033\260A\260Q\330\356\016\0043\230g\242\000b\250\0015\250\370 \013\300`\003\220\354\000P\017\347\006\220a\200\016\224\005l\240!t\241 \242\006i\245C\013\2107\306\000\3771\330\004\013\2101\200\001\377\360\014\000\005\034\2303\230\377a\230q\360\010\000\005\tj\263`U\345\0007\336\003H\220\235\001\3751\216\"\"\320\"3\2601\375\260\235 \016\210b\220\002\320\273\022\"Y\003\t\340\014\326A\023\357\220D\230\003\354 A\230S{\240\003\230@\020\026\220j\200B\244\210!\245AE\317ag\000e\264A\022\376\200 q\230\001\230\023\230E\336\245@\014\026\220e4\004\005\240UQ\272!\025\324\000qM\0005\332`\356\\\000v\220V5\0023\240d\377\250!\2507\260#\260W\377\270E\300\024\300S\310\005\377\310S\320PT\320TU\373\320U\272`]\320]^\330\377\024\031\230\030\240\023\240E\377\250\023\250D\260\001\260\031\357\270#\270Q\021\001\023\230C\377\230u\240C\240t\2501\346\026\000\003\260\250`\234\005\010\017\210\327~\230Q\363\204\003\022\212!\330\014\367\r\330\010\325\002|\2307\240\376\266`\027\220q\230\007\230w\377\240e\2508\2604\260q\377\270\014\300M\320QR\330\377\030\"\240#\240S\250\003\377\250<\260q\330\021\022\330\375\020""\030\r\n\300*\310C\310\357s\320RS\020\014:\260Q\375\340%\006a\330\017\020\330\014;\023\220\375\206\002y\230\001~\t\244A";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1600, 1942);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1872 bytes) */
-static const char bytes[] = " among  is not part of a record messages02x?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notemsgpack type 0xnot a 7-field recordpack_messages: src/turbo_queue/_kafka_codec.pyxthe fields of a record have other typestruncated or too deep__Pyx_PyDict_NextRef__annotate____func____main____module____name____new____qualname___is_coroutineasyncio.coroutinesbcatchcline_in_tracebackclsdataeenderrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnnhoffsetoffset_ofon_deliveryoutppack_messagespackedpartitionpartition_ofpopproduceproduce_packedrecord_typesetdefaultsizestarttimestamptimestamp_oftopictopic_btopic_oftruncatedtsturbo_queue._kafka_codecunpack_recordvaluevalue_ofvalues\200\001\360\006\000\005\014\2105\220\010\230\001\230\035\240g\250Q\250a\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005""\220U\230!\2301\330\020\024\220E\230\027\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101\200\001\360\n\000\005\034\2303\230a\230q\360\010\000\005\t\210\005\210U\220!\2207\230!\330\010\014\210H\220F\230!\2301\330\010\014\320\014\"\320\"3\2601\260A\330\010\016\210b\220\002\320\022\"\240!\2401\330\010\t\340\014\017\210r\220\023\220D\230\003\2301\230A\230S\240\003\2401\330\020\026\220j\240\001\240\021\330\014\021\220\021\330\014\024\220E\230\021\230!\2303\230e\2401\330\014\022\220%\220q\230\001\230\023\230E\240\021\330\014\026\220e\2301\230A\230S\240\005\240Q\330\014\021\220\025\220a\220q\230\003\2305\240\001\330\014\017\210v\220V\2303\230e\2403\240d\250!\2507\260#\260W\270E\300\024\300S\310\005\310S\320PT\320TU\320UZ\320Z]\320]^\330\024\031\230\030\240\023\240E\250\023\250D\260\001\260\031\270#\270Q\330\024\031\230\023\230C\230u\240C\240t\2501\250D\260\003\2601\330\020\026\220j\240\001\240\021\330\010\017\210~\230Q\330\014\022\220\047\230\022\2303\230a\330\014\r\330\010\t\330\014\023\2201\220G\2307\240%\240x\250t\2601\260L\300\r\310Q\330\024\036\230c\240\023\240C\240|\2601\330\017\020\330\014\023\2201\330\010\017""\210y\230\001\330\014\022\220\047\230\022\2303\230a\330\004\013\2101";
+    #else /* compression: none (1942 bytes) */
+static const char bytes[] = " among  is not part of a record messages02x?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notemsgpack type 0xnot a 7-field recordpack_messages: src/turbo_queue/_kafka_codec.pyxthe fields of a record have other typestruncated or too deep__Pyx_PyDict_NextRef__annotate____func____main____module____name____new____qualname___is_coroutineasyncio.coroutinesbcatchcline_in_tracebackclsdataeenderrorerror_oferrorsheader_keysheadersheaders_ofhkhviitemskeykey_ofkindlast_topicmmsgsnnhoffsetoffset_ofon_deliveryoutppack_messagespackedpartitionpartition_ofpopproduceproduce_packedrecord_typesetdefaultsizestarttimestamptimestamp_oftopictopic_btopic_oftruncatedtsturbo_queue._kafka_codecunpack_recordvaluevalue_ofvalues\200\001\360\006\000\005\014\2105\220\010\230\001\230\035\240g\250Q\250a\200\001\360\006\000\005\025\220A\330\004\035\230Q\330\004\031\230\021\360\n\000\005\010\200t\2101\330\010\017\210q\360\006\000\005\013\210$\210a\210t\2201\220A\330\004\016\210j\230\010\240\r\250S\260\010\270\003\2708\3003\300f\310C\310q\330\004\022\220*\230N\250,\260c\270\034\300S\310\010\320PS\320S_\320_b\320bc\330\004\010\210\005\210Q\330\010\013\2104\210q\220\003\2207\230!\330\014\022\220)\2301\320\034-\250Q\250d\260!\2602\3205F\300a\300s\310!\330\010\013\2108\2201\220C\220w\230a\330\014\022\220\047\230\021\230!\330\014\r\330\010\020\220\010\230\001\230\021\330\010\016\210f\220A\220Q\330\010\022\220*\230A\230Q\330\010\016\210e\220<\230q\240\001\330\010\020\220\010\230\001\230\021\330\010\013\2106\220\023\220A\330\014\031\230\021\330\014\027\220u\230F\240\047\250\021\250!\330\010\017\210r\220\022\2209\230A\230W\240B\240i\250q\260\005\260S\270\005\270U\300#\300W\310C\310r\320QZ\320Z[\320[d\320df\320fg\330\010\013\2108\2203\220a\330\014\024\220A\340\014\021\220\023\220A\220Q\330\014\032\230!\2306\240\022\2401\330\014\024\220K\230q\240\001\330\014\020\220\005""\220U\230!\2301\330\020\024\220E\230\027\240\001\240\021\330\020\033\2301\230F\240%\240s\250\047\260\021\260!\330\020\030\230\002\230\"\230I\240Q\240k\260\021\260$\260b\270\t\300\021\300!\330\010\014\320\014%\240Q\240f\250A\330\010\014\320\014\035\230Q\230a\330\010\t\210\021\210%\210v\220Q\330\010\014\210F\220!\2202\220R\220s\230!\330\010\014\210F\220!\2203\220a\330\010\013\2108\2203\220a\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\010\230\001\230\023\230A\330\014\020\220\005\220U\230!\2301\330\020\021\220\021\220%\220v\230Q\330\020\024\220F\230!\2302\230R\230s\240\047\250\033\260A\260Q\330\020\024\220F\230!\2303\230g\240Q\240b\250\001\250\021\330\010\013\2105\220\003\2201\330\014\r\210Q\210e\2206\230\021\330\014\021\220\021\340\014\020\220\006\220a\220s\230!\330\010\014\210F\220!\2203\220a\330\010\014\210F\220!\2203\220l\240!\2401\330\010\014\210F\220!\2203\220i\230q\240\001\330\010\013\2107\220!\2201\330\004\013\2101\200\001\360\014\000\005\034\2303\230a\230q\360\010\000\005\t\210\005\210U\220!\2207\230!\330\010\014\210H\220F\230!\2301\330\010\014\320\014\"\320\"3\2601\260A\330\010\016\210b\220\002\320\022\"\240!\2401\330\010\t\340\014\017\210r\220\023\220D\230\003\2301\230A\230S\240\003\2401\330\020\026\220j\240\001\240\021\330\014\021\220\021\330\014\024\220E\230\021\230!\2303\230e\2401\330\014\022\220%\220q\230\001\230\023\230E\240\021\330\014\026\220e\2301\230A\230S\240\005\240Q\330\014\021\220\025\220a\220q\230\003\2305\240\001\330\014\017\210v\220V\2303\230e\2403\240d\250!\2507\260#\260W\270E\300\024\300S\310\005\310S\320PT\320TU\320UZ\320Z]\320]^\330\024\031\230\030\240\023\240E\250\023\250D\260\001\260\031\270#\270Q\330\024\031\230\023\230C\230u\240C\240t\2501\250D\260\003\2601\330\020\026\220j\240\001\240\021\330\010\017\210~\230Q\330\014\022\220\047\230\022\2303\230a\330\014\r\330\010\t\340\014\017\210|\2307\240!\330\020\027\220q\230\007\230w\240e\2508\2604\260q\270\014\300M\320QR\330\030\"\240#\240S\250\003\250<\260q\330\021""\022\330\020\027\220q\230\007\230w\240e\2508\2604\260q\270\n\300*\310C\310s\320RS\330\021\022\330\020\027\220q\230\007\230w\240e\250:\260Q\340\020\027\220q\230\007\230w\240a\330\017\020\330\014\023\2201\330\010\017\210y\230\001\330\014\022\220\047\230\022\2303\230a\330\004\013\2101";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED

@@ -263,7 +263,8 @@ def unpack_record(bytes data, record_type):
 
 
 def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_delivery, catch, list errors):
-    """Produce packed records packed[start:] with `produce` (a Producer's produce). Stops at the
+    """Produce packed records packed[start:] with `produce` (a Producer's produce), passing
+    `on_delivery` unless it is None. Stops at the
     first BufferError (the client's queue is full) and returns that index, to be called again
     after a poll; returns len(packed) when all were handed over. A record that cannot be read, or
     whose produce() raises `catch`, is appended to `errors` as (index, exception) and skipped."""
@@ -292,8 +293,16 @@ def produce_packed(produce, str topic, list packed, Py_ssize_t start, on_deliver
             errors.append((i, e))
             continue
         try:
-            produce(topic, value, key, headers=list(headers) if headers else None,
-                    timestamp=ts or 0, on_delivery=on_delivery)
+            # Keywords only where needed: each one is parsed by produce() on every call.
+            if on_delivery is not None:
+                produce(topic, value, key, headers=list(headers) if headers else None,
+                        timestamp=ts or 0, on_delivery=on_delivery)
+            elif headers:
+                produce(topic, value, key, headers=list(headers), timestamp=ts or 0)
+            elif ts:
+                produce(topic, value, key, timestamp=ts)
+            else:
+                produce(topic, value, key)
         except BufferError:
             return i
         except catch as e:

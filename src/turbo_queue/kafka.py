@@ -407,34 +407,16 @@ class KafkaSource(_Connector):
         logger.warning("turbo_queue.kafka: consumer error: %s", err)
 
 
-class _InFlight:
-    """A claimed batch whose events were produced and whose delivery reports are awaited."""
-
-    __slots__ = ("queue", "path", "count", "outstanding", "failed", "attempts", "retry_at")
-
-    def __init__(self, queue: Dequeue, count: int) -> None:
-        self.queue = queue
-        self.path = queue.batch_path
-        self.count = count
-        self.outstanding = 0
-        self.failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
-        self.attempts = 0
-        self.retry_at = 0.0
-
-    def report(self, err: Any, msg: Any) -> None:
-        self.outstanding -= 1
-        if err is not None:
-            self.failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err)))
-
-
 class KafkaSink(_Connector):
     """Produce the events of a local queue to a Kafka topic; delete a batch only once every event
     of it was acknowledged by the broker.
 
-    Failed deliveries are produced again (only those), up to ``max_attempts`` rounds with backoff;
-    a batch that still fails is given back to the queue under its own name, to be retried whole.
-    Up to ``max_in_flight`` batches are produced at once, so that waiting for one batch's reports
-    overlaps producing the next.
+    The sink claims up to ``max_in_flight`` batches, produces all their events, then waits until the
+    client has a delivery report for every one of them (a fence). Only failures are reported
+    (``delivery.report.only.error``): no Python call per event, which is what a per-event callback
+    costs. Failed events are produced again (only those), up to ``max_attempts`` rounds with
+    backoff; if some still fail, the batches are given back to the queue under their own names, to
+    be produced again whole. Otherwise they are deleted.
     """
 
     def __init__(self, topic: Optional[str] = None, *, kafka_brokers: Optional[str] = None,
@@ -442,7 +424,7 @@ class KafkaSink(_Connector):
                  turbo_queue_queue_name: Optional[str] = None,
                  turbo_queue_root_path: Optional[str] = None, value_format: str = "record",
                  max_in_flight: int = 4, max_attempts: int = 5, retry_backoff: float = 0.5,
-                 config: Optional[dict[str, Any]] = None) -> None:
+                 stop_grace: float = 30.0, config: Optional[dict[str, Any]] = None) -> None:
         super().__init__(kafka_brokers=kafka_brokers, kafka_client_id=kafka_client_id,
                          turbo_queue_queue_name=turbo_queue_queue_name,
                          turbo_queue_root_path=turbo_queue_root_path, value_format=value_format,
@@ -451,13 +433,14 @@ class KafkaSink(_Connector):
         self.max_in_flight = max_in_flight
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self.stop_grace = stop_grace
         self.events = 0         # events acknowledged by the broker
         self.batches = 0        # batches deleted after every event was acknowledged
         self.given_back = 0     # batches returned to the queue after failing deliveries
         self._producer: Any = None
-        self._free: list[Dequeue] = []
-        self._inflight: list[_InFlight] = []
-        self._produce_one: Optional[Callable[[Any, Callable[..., None]], None]] = None
+        self._queues: list[Dequeue] = []
+        self._failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
+        self._produce_one: Optional[Callable[[Any], None]] = None
 
     def open(self) -> None:
         if not self.kafka_producer_topic:
@@ -467,34 +450,37 @@ class KafkaSink(_Connector):
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
+            "delivery.report.only.error": True,
         })
+        conf["on_delivery"] = self._report  # every batch's fate depends on it: never overridden
         self._producer = Producer(conf)
         self._produce_one = self._producer_for(self.value_format)
         # Records are read as the bytes they are stored as, and produced straight from them.
         serializer: Any = {"record": "raw", "bytes": "raw", "json": "json"}[self.value_format]
         settings = self._queue_settings()
-        self._free = [Dequeue(**settings, serializer=serializer) for _ in range(self.max_in_flight)]
+        self._queues = [Dequeue(**settings, serializer=serializer) for _ in range(self.max_in_flight)]
         logger.info("turbo_queue.kafka: sink %s/%s -> %s started", self.turbo_queue_root_path,
                     self.turbo_queue_queue_name, self.kafka_producer_topic)
 
-    def _producer_for(self, value_format: str) -> Callable[[Any, Callable[..., None]], None]:
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:  # successes too, if the user's config asked for them
+            self._failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err)))
+
+    def _producer_for(self, value_format: str) -> Callable[[Any], None]:
         produce = self._producer.produce
         topic = self.kafka_producer_topic
 
-        if value_format == "record":
-            def one(rec: Any, cb: Callable[..., None]) -> None:
-                produce(topic, rec.value, rec.key, headers=list(rec.headers) if rec.headers else None,
-                        timestamp=rec.timestamp or 0, on_delivery=cb)
-        elif value_format == "bytes":
-            def one(rec: Any, cb: Callable[..., None]) -> None:
-                produce(topic, rec, on_delivery=cb)
+        if value_format == "json":
+            def one(doc: Any) -> None:
+                produce(topic, orjson.dumps(doc))
         else:
-            def one(rec: Any, cb: Callable[..., None]) -> None:
-                produce(topic, orjson.dumps(rec), on_delivery=cb)
+            def one(doc: Any) -> None:
+                produce(topic, doc)
         return one
 
     def run(self, *, handle_signals: bool = True) -> None:
-        """Produce until `stop()` (or SIGTERM/SIGINT); then wait for outstanding reports and close."""
+        """Produce until `stop()` (or SIGTERM/SIGINT); the batches being delivered are finished
+        (or given back after `stop_grace` seconds) before it returns."""
         if self._producer is None:
             self.open()
         with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
@@ -507,170 +493,142 @@ class KafkaSink(_Connector):
     start = run
 
     def poll_once(self, timeout: float = 0.1) -> int:
-        """One round: claim and produce a batch if a slot is free, then settle finished batches."""
-        produced = 0
-        if self._free:
-            queue = self._free.pop()
-            events = queue.get_batch(timeout=0 if self._inflight else timeout)
-            if events:
-                produced = self._produce_batch(queue, events)
-            else:
-                self._free.append(queue)
-        self._producer.poll(0 if produced or not self._inflight else min(timeout, 0.01))
-        self._settle()
-        return produced
-
-    def _produce_batch(self, queue: Dequeue, events: list[Any]) -> int:
-        batch = _InFlight(queue, len(events))
+        """One round: claim up to max_in_flight batches, produce them, wait for their delivery,
+        then delete them (or give them back). Returns how many events were delivered."""
+        claimed: list[tuple[Dequeue, int]] = []
         try:
-            if self.value_format == "record":
-                self._produce_records(batch, events)
-            else:
-                one = self._produce_one
-                assert one is not None
-                self._produce_all(batch, events, one, self._as_failed)
+            for queue in self._queues:
+                events = queue.get_batch(timeout=0 if claimed else timeout)
+                if not events:
+                    break
+                claimed.append((queue, len(events)))
+                self._produce_batch(queue, events)
+            if not claimed:
+                return 0
+            delivered = self._fence() and self._retry_failed()
         except BaseException:
-            queue.roll_back()  # kept whole in the queue; what was produced may come twice
-            self._free.append(queue)
+            self._give_back(claimed, "an error")
             raise
-        self._inflight.append(batch)
-        return len(events)
+        if not delivered:
+            self._give_back(claimed, self._failed[0][4] if self._failed else "stopped")
+            return 0
+        count = 0
+        for queue, n in claimed:
+            queue.clean_up()  # every event of it acknowledged: only now is the batch deleted
+            count += n
+        self.events += count
+        self.batches += len(claimed)
+        return count
 
-    def _produce_records(self, batch: _InFlight, packed: list[bytes]) -> None:
-        produce = self._producer.produce
-        topic = self.kafka_producer_topic
-        assert topic is not None
-        i, n = 0, len(packed)
-        while i < n:
-            errors: list[tuple[int, BaseException]] = []
-            j = produce_packed(produce, topic, packed, i, batch.report, KafkaException, errors)
-            # Counted before any poll() can deliver their reports.
-            batch.outstanding += j - i - len(errors)
-            for k, e in errors:
-                batch.failed.append(self._as_failed(self._record_at(batch, packed, k), str(e)))
-            if j < n:
-                self._producer.poll(0.05)  # the client's queue is full: serve reports first
-            i = j
+    def _fence(self) -> bool:
+        """Wait until every event produced so far has its delivery report; False if stopped first
+        and stop_grace ran out."""
+        deadline = None
+        while self._producer.flush(0.5) > 0:
+            if self._stop.is_set():
+                deadline = deadline or time.monotonic() + self.stop_grace
+                if time.monotonic() >= deadline:
+                    return False
+        return True
 
-    def _produce_all(self, batch: _InFlight, events: Iterable[Any],
-                     one: Callable[[Any, Callable[..., None]], None],
-                     as_failed: Callable[[Any, str], tuple[Any, ...]]) -> None:
-        report = batch.report
+    def _retry_failed(self) -> bool:
+        attempt = 1
+        while self._failed:
+            if attempt >= self.max_attempts or self._stop.is_set():
+                return False
+            failed, self._failed = self._failed, []
+            logger.warning("turbo_queue.kafka: %d events were not delivered (%s); producing them "
+                           "again (attempt %d of %d)", len(failed), failed[0][4], attempt + 1,
+                           self.max_attempts)
+            if self._stop.wait(self.retry_backoff * 2 ** (attempt - 1)):
+                self._failed = failed
+                return False
+            attempt += 1
+            produce, topic = self._producer.produce, self.kafka_producer_topic
+            for value, key, headers, ts, _reason in failed:
+                self._produce_retrying(lambda: produce(topic, value, key, headers=headers,
+                                                       timestamp=ts or 0),
+                                       (value, key, headers, ts))
+            if not self._fence():
+                return False
+        return True
+
+    def _produce_batch(self, queue: Dequeue, events: list[Any]) -> None:
+        if self.value_format == "record":
+            produce = self._producer.produce
+            topic = self.kafka_producer_topic
+            assert topic is not None
+            i, n = 0, len(events)
+            while i < n:
+                errors: list[tuple[int, BaseException]] = []
+                i_next = produce_packed(produce, topic, events, i, None, KafkaException, errors)
+                for k, e in errors:
+                    record = self._record_at(queue, events, k)
+                    self._failed.append((record.value, record.key,
+                                         list(record.headers) if record.headers else None,
+                                         record.timestamp, str(e)))
+                if i_next < n:
+                    self._producer.poll(0.05)  # the client's queue is full: let it drain
+                i = i_next
+            return
+        one = self._produce_one
+        assert one is not None
         for event in events:
-            batch.outstanding += 1
             try:
-                one(event, report)
+                one(event)
             except BufferError:
-                batch.outstanding -= 1
-                self._produce_when_room(batch, event, one, as_failed)
+                self._produce_retrying(lambda: one(event), event)
             except KafkaException as e:
-                # Refused before sending (too large for the client, say): treated as a failed
-                # delivery, so the batch is retried and never deleted with this event missing.
-                batch.outstanding -= 1
-                batch.failed.append(as_failed(event, str(e)))
+                self._failed.append(self._as_failed(event, str(e)))
 
-    def _produce_when_room(self, batch: _InFlight, event: Any,
-                           one: Callable[[Any, Callable[..., None]], None],
-                           as_failed: Callable[[Any, str], tuple[Any, ...]]) -> None:
+    def _produce_retrying(self, call: Callable[[], None], event: Any) -> None:
         while True:
-            # The client's local queue is full: serve delivery reports, then try again.
-            self._producer.poll(0.05)
-            batch.outstanding += 1
             try:
-                one(event, batch.report)
+                call()
                 return
             except BufferError:
-                batch.outstanding -= 1
+                self._producer.poll(0.05)  # the client's queue is full: let it drain
             except KafkaException as e:
-                batch.outstanding -= 1
-                batch.failed.append(as_failed(event, str(e)))
+                # Refused before sending (too large for the client, say): a failed delivery, so
+                # the batch is never deleted with this event missing.
+                self._failed.append(self._as_failed(event, str(e)))
                 return
 
-    def _record_at(self, batch: _InFlight, packed: list[bytes], k: int) -> Record:
+    def _record_at(self, queue: Dequeue, packed: list[bytes], k: int) -> Record:
         try:
             return RECORDS.loads(packed[k])
         except Exception as e:
             raise ValueError(
-                f"turbo_queue.kafka: event {k} of {batch.path} is not a turbo_queue.kafka Record "
-                f"({e}). The batch was given back. Producers into this queue must use "
+                f"turbo_queue.kafka: event {k} of {queue.batch_path} is not a turbo_queue.kafka "
+                f"Record ({e}). The batch was given back. Producers into this queue must use "
                 f"serializer=turbo_queue.kafka.RECORDS, or run the sink with value_format='bytes'.") from e
 
     def _as_failed(self, event: Any, reason: str) -> tuple[Any, ...]:
-        if self.value_format == "record":
-            return (event.value, event.key, list(event.headers) if event.headers else None,
-                    event.timestamp, reason)
+        if isinstance(event, tuple):
+            return (*event[:4], reason)
         if self.value_format == "json":
             return (orjson.dumps(event), None, None, None, reason)
         return (event, None, None, None, reason)
 
-    def _settle(self) -> None:
-        now = time.monotonic()
-        still: list[_InFlight] = []
-        for batch in self._inflight:
-            if batch.outstanding > 0:
-                still.append(batch)
-            elif not batch.failed:
-                batch.queue.clean_up()  # every event acknowledged: only now is the batch deleted
-                self.events += batch.count
-                self.batches += 1
-                self._free.append(batch.queue)
-            elif batch.attempts + 1 >= self.max_attempts:
-                self._give_back(batch)
-            elif batch.retry_at == 0.0:
-                batch.retry_at = now + self.retry_backoff * (2 ** batch.attempts)
-                still.append(batch)
-            elif now >= batch.retry_at:
-                self._retry(batch)
-                still.append(batch)
-            else:
-                still.append(batch)
-        self._inflight = still
+    def _give_back(self, claimed: list[tuple[Dequeue, int]], reason: str) -> None:
+        if not claimed:
+            return
+        logger.error("turbo_queue.kafka: %d batches given back to the queue, to be produced again "
+                     "whole (%s): %s", len(claimed), reason, ", ".join(str(q.batch_path) for q, _ in claimed))
+        for queue, _ in claimed:
+            queue.roll_back()
+        self.given_back += len(claimed)
+        self._failed = []
 
-    def _retry(self, batch: _InFlight) -> None:
-        failed, batch.failed = batch.failed, []
-        batch.attempts += 1
-        batch.retry_at = 0.0
-        logger.warning("turbo_queue.kafka: %d of the events of %s were not delivered (%s); "
-                       "producing them again (attempt %d of %d)", len(failed), batch.path,
-                       failed[0][4], batch.attempts + 1, self.max_attempts)
-        produce = self._producer.produce
-        topic = self.kafka_producer_topic
-
-        def again(f: tuple[Any, ...], cb: Callable[..., None]) -> None:
-            produce(topic, f[0], f[1], headers=f[2], timestamp=f[3] or 0, on_delivery=cb)
-
-        self._produce_all(batch, failed, again, lambda f, reason: (*f[:4], reason))
-
-    def _give_back(self, batch: _InFlight) -> None:
-        logger.error("turbo_queue.kafka: %d events of %s could not be delivered after %d attempts "
-                     "(%s); the batch is given back to the queue and will be produced again whole",
-                     len(batch.failed), batch.path, batch.attempts + 1, batch.failed[0][4])
-        batch.queue.roll_back()
-        self.given_back += 1
-        self._free.append(batch.queue)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Wait up to `timeout` s for outstanding reports; delete what was delivered, give back what
-        was not; close the producer and release the queue. Idempotent."""
+    def close(self) -> None:
+        """Release the queue and the producer. Idempotent."""
         if self._producer is None:
             return
         try:
-            deadline = time.monotonic() + timeout
-            while self._inflight and time.monotonic() < deadline:
-                self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-                self._settle()
-                if all(b.outstanding == 0 and b.failed for b in self._inflight):
-                    break  # only retries left, and we are stopping: give them back
-            for batch in self._inflight:
-                logger.warning("turbo_queue.kafka: stopping with %s not fully delivered; given back",
-                               batch.path)
-                batch.queue.roll_back()
-                self._free.append(batch.queue)
-            self._inflight = []
-        finally:
-            for queue in self._free:
+            for queue in self._queues:
                 queue.close()
-            self._free = []
+        finally:
+            self._queues = []
             self._producer = None
         logger.info("turbo_queue.kafka: sink stopped after %d events", self.events)
 
