@@ -80,7 +80,7 @@ def add_parsers(sub: Any) -> None:
     k = sub.add_parser("kafka-sink", help="produce a queue's events to a Kafka topic (at-least-once)")
     _common(k)
     k.add_argument("--topic", required=True)
-    k.add_argument("--max-in-flight", type=int, default=4, help="batches awaiting delivery at once")
+    k.add_argument("--max-in-flight", type=int, default=4, help="batches produced before waiting for their delivery reports")
     k.add_argument("--max-attempts", type=int, default=5,
                    help="rounds of re-producing failed events before the batch is given back")
     k.set_defaults(func=cmd_sink)
