@@ -38,4 +38,4 @@ bench: install $(LEGACY)/turbo_queue/_turbo_queue.py
 	$(PY) bench/e2e.py --legacy-path $(LEGACY)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/turbo_queue/_core.c src/turbo_queue/*.so
+	rm -rf $(VENV) build dist src/*.egg-info src/turbo_queue/_core.c src/turbo_queue/_kafka_codec.c src/turbo_queue/*.so

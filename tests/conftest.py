@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parent.parent
 LEGACY_VERSION = "0.5.2"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Figures tests measured (duplicates after a crash, say), reported whatever the outcome."""
+    lines = [f"{report.nodeid}: {value}"
+             for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for key, value in getattr(report, "user_properties", ()) if key == "figure"]
+    if lines:
+        terminalreporter.section("measured by the tests")
+        for line in lines:
+            terminalreporter.line(line)
+
+
 def pytest_report_header(config):
     return f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite {turbo_queue.SQLITE_VERSION}"
 

@@ -40,41 +40,31 @@ cdef inline char* _be(char* p, uint64_t v, int width) noexcept:
     return p + width
 
 
+cdef inline char* _w_sized(char* p, bytes data, unsigned char tag8) noexcept:
+    """Length-prefixed bytes: tag8, tag8 + 1, tag8 + 2 announce 1-, 2- and 4-byte lengths (msgpack's
+    bin 8/16/32 are 0xc4-0xc6, str 8/16/32 0xd9-0xdb)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int width = 1 if n < 0x100 else 2 if n < 0x10000 else 4
+    p[0] = <char>(tag8 + (width >> 1))
+    p = _be(p + 1, n, width)
+    memcpy(p, PyBytes_AS_STRING(data), n)
+    return p + n
+
+
 cdef inline char* _w_bin(char* p, object b) noexcept:
-    cdef Py_ssize_t n
     if b is None:
         p[0] = <char>NIL
         return p + 1
-    n = PyBytes_GET_SIZE(b)
-    if n < 0x100:
-        p[0] = <char>0xc4
-        p = _be(p + 1, n, 1)
-    elif n < 0x10000:
-        p[0] = <char>0xc5
-        p = _be(p + 1, n, 2)
-    else:
-        p[0] = <char>0xc6
-        p = _be(p + 1, n, 4)
-    memcpy(p, PyBytes_AS_STRING(b), n)
-    return p + n
+    return _w_sized(p, <bytes>b, 0xc4)
 
 
 cdef inline char* _w_str(char* p, bytes s) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
-    if n < 32:
-        p[0] = <char>(0xa0 | n)
-        p += 1
-    elif n < 0x100:
-        p[0] = <char>0xd9
-        p = _be(p + 1, n, 1)
-    elif n < 0x10000:
-        p[0] = <char>0xda
-        p = _be(p + 1, n, 2)
-    else:
-        p[0] = <char>0xdb
-        p = _be(p + 1, n, 4)
-    memcpy(p, PyBytes_AS_STRING(s), n)
-    return p + n
+    if n >= 32:
+        return _w_sized(p, s, 0xd9)
+    p[0] = <char>(0xa0 | n)  # fixstr
+    memcpy(p + 1, PyBytes_AS_STRING(s), n)
+    return p + 1 + n
 
 
 cdef inline char* _w_int(char* p, int64_t v) noexcept:

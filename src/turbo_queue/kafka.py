@@ -159,6 +159,35 @@ class _Connector:
         """Ask `run()` to stop cleanly (from another thread or a signal handler)."""
         self._stop.set()
 
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Work until `stop()` or SIGTERM/SIGINT, then close cleanly: the source publishes its open
+        batch, commits and leaves the group; the sink finishes the batches being delivered (or gives
+        them back after `stop_grace` seconds)."""
+        if not self._opened():
+            self.open()
+        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
+            try:
+                while not self._stop.is_set():
+                    self.poll_once()
+            finally:
+                self.close()
+
+    def start(self, *, handle_signals: bool = True) -> None:
+        """The 0.8 name of `run()`."""
+        self.run(handle_signals=handle_signals)
+
+    def _opened(self) -> bool:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
 
 class KafkaSource(_Connector):
     """Consume Kafka topics into a local queue, committing offsets only for published events.
@@ -198,6 +227,9 @@ class KafkaSource(_Connector):
         self._batch_started = 0.0
         self._failed = False
 
+    def _opened(self) -> bool:
+        return self._consumer is not None
+
     def kafka_subscribe(self, topic: str) -> None:
         """Add a topic (the 0.8 spelling)."""
         self.topics.append(topic)
@@ -229,19 +261,6 @@ class KafkaSource(_Connector):
                                  on_lost=self._on_lost)
         logger.info("turbo_queue.kafka: source %s -> %s/%s started", self.topics,
                     self.turbo_queue_root_path, self.turbo_queue_queue_name)
-
-    def run(self, *, handle_signals: bool = True) -> None:
-        """Consume until `stop()` (or SIGTERM/SIGINT), then publish, commit and close."""
-        if self._consumer is None:
-            self.open()
-        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
-            try:
-                while not self._stop.is_set():
-                    self.poll_once()
-            finally:
-                self.close()
-
-    start = run  # the 0.8 name
 
     def poll_once(self, timeout: float = 0.1) -> int:
         """One round: consume what is there (up to the end of the open batch) and queue it."""
@@ -462,6 +481,9 @@ class KafkaSink(_Connector):
         logger.info("turbo_queue.kafka: sink %s/%s -> %s started", self.turbo_queue_root_path,
                     self.turbo_queue_queue_name, self.kafka_producer_topic)
 
+    def _opened(self) -> bool:
+        return self._producer is not None
+
     def _report(self, err: Any, msg: Any) -> None:
         if err is not None:  # successes too, if the user's config asked for them
             self._failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err)))
@@ -477,20 +499,6 @@ class KafkaSink(_Connector):
             def one(doc: Any) -> None:
                 produce(topic, doc)
         return one
-
-    def run(self, *, handle_signals: bool = True) -> None:
-        """Produce until `stop()` (or SIGTERM/SIGINT); the batches being delivered are finished
-        (or given back after `stop_grace` seconds) before it returns."""
-        if self._producer is None:
-            self.open()
-        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
-            try:
-                while not self._stop.is_set():
-                    self.poll_once()
-            finally:
-                self.close()
-
-    start = run
 
     def poll_once(self, timeout: float = 0.1) -> int:
         """One round: claim up to max_in_flight batches, produce them, wait for their delivery,
