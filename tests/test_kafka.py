@@ -423,6 +423,38 @@ def test_sink_killed_mid_stream_loses_nothing(pipeline, kafka_broker, report):
     assert pipeline.stop_all()["sink"] == 0
 
 
+def test_sink_killed_after_delivery_before_deleting_delivers_those_batches_again(kafka_broker, tmp_path, report):
+    """The sink's narrowest window: the broker has every event of the claimed batches, but the
+    batches are not deleted yet. The core's crash hook SIGKILLs it as it deletes the second one."""
+    topic = new_topic(kafka_broker, 4)
+    n = 5000
+    with turbo_queue.Enqueue(root_path=str(tmp_path), queue_name="out", serializer=kafka.RECORDS,
+                             max_events_per_file=1000) as q:
+        q.add_many(kafka.Record(orjson.dumps({"id": i})) for i in range(n))
+    argv = [sys.executable, "-m", "turbo_queue", "kafka-sink", "--brokers", kafka_broker.bootstrap,
+            "--root-path", str(tmp_path), "--queue-name", "out", "--topic", topic, "--max-in-flight", "4"]
+    with open(tmp_path / "sink.log", "wb") as log:
+        crashed = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, TURBO_QUEUE_CRASH_AT="delete:2"))
+    assert crashed.wait(60) == -signal.SIGKILL, (tmp_path / "sink.log").read_text()
+    # Four batches were claimed and delivered; one was deleted before the kill.
+    assert sum(high_watermarks(kafka_broker, topic).values()) == 4000
+    assert len(batch_files(tmp_path / "out")) == 4
+    with open(tmp_path / "sink2.log", "wb") as log:
+        sink = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        msgs = read_all(kafka_broker, topic, set(range(n)))
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(60) == 0
+    ids = Counter(orjson.loads(m.value())["id"] for m in msgs)
+    assert set(ids) == set(range(n))
+    duplicates = sum(c - 1 for c in ids.values())
+    report(f"{n} events, {len(msgs)} delivered: {duplicates} duplicates")
+    assert duplicates == 3000  # the three delivered batches that were not deleted yet
+    assert batch_files(tmp_path / "out") == []
+
+
 def _records(root):
     folder_events = turbo_queue.Dequeue(root_path=str(root), queue_name="in", serializer=kafka.RECORDS,
                                         wait_timeout=0)
