@@ -30,6 +30,8 @@ from turbo_queue._core import events_in_name  # noqa: E402
 kafka = pytest.importorskip("turbo_queue.kafka")
 
 EXAMPLE = REPO / "examples" / "kafka_pipeline.py"
+# The tests' own clients log through logging (captured), not on stderr.
+QUIET = {"logger": logging.getLogger("tests.kafka.clients")}
 # Short session timeouts so that a SIGKILLed member leaves the group in seconds, not 45 s.
 # Message timestamps (kept end to end): recent, as a broker's time-based retention expects.
 BASE_TS = int(time.time()) * 1000 - 3_600_000
@@ -56,7 +58,7 @@ def wait_for(condition, timeout, what):
 
 def new_topic(broker, partitions=4, config=None):
     name = f"t-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin = AdminClient({**QUIET, "bootstrap.servers": broker.bootstrap})
     for future in admin.create_topics([NewTopic(name, partitions, 1, config=config or {})]).values():
         future.result(30)
     return name
@@ -64,7 +66,7 @@ def new_topic(broker, partitions=4, config=None):
 
 def produce_ids(broker, topic, start, count):
     """Values {"id": i, ...} with a key and a header each, so that both can be checked at the end."""
-    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    p = Producer({**QUIET, "bootstrap.servers": broker.bootstrap, "linger.ms": 5})
     for i in range(start, start + count):
         p.produce(topic, orjson.dumps({"id": i, "pad": "x" * 40}), key=b"k%d" % (i % 16),
                   headers=[("seq", str(i).encode())], timestamp=BASE_TS + i)
@@ -74,7 +76,7 @@ def produce_ids(broker, topic, start, count):
 
 
 def high_watermarks(broker, topic):
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "watermarks"})
+    c = Consumer({**QUIET, "bootstrap.servers": broker.bootstrap, "group.id": "watermarks"})
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -90,7 +92,7 @@ def admin_for(broker):
     """One admin client per broker: creating one costs tens of milliseconds, which matters where a
     test polls offsets to catch a moment mid-stream."""
     if broker.bootstrap not in _admins:
-        _admins[broker.bootstrap] = AdminClient({"bootstrap.servers": broker.bootstrap})
+        _admins[broker.bootstrap] = AdminClient({**QUIET, "bootstrap.servers": broker.bootstrap})
     return _admins[broker.bootstrap]
 
 
@@ -114,7 +116,7 @@ def committed_total(broker, group):
 
 def read_all(broker, topic, want_ids, timeout=120):
     """Every message of `topic` until each of want_ids was seen (and the topic is read to its end)."""
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+    c = Consumer({**QUIET, "bootstrap.servers": broker.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])
     got, seen = [], set()
@@ -514,7 +516,7 @@ def test_backpressure_pauses_partitions_without_leaving_the_group(kafka_broker, 
                 "--config", "max.poll.interval.ms=6000")
     try:
         wait_for(lambda: _queued(host.root, "in") >= 3000, 60, "three ready batches")
-        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+        admin = AdminClient({**QUIET, "bootstrap.servers": kafka_broker.bootstrap})
 
         def group_state():
             (f,) = admin.describe_consumer_groups([group]).values()
@@ -566,7 +568,7 @@ def test_sink_keeps_a_batch_whose_delivery_failed_until_it_goes_through(kafka_br
         assert batch_files(os.path.join(root, "out")), "the batch was deleted although an event failed"
         assert "MSG_SIZE_TOO_LARGE" in caplog.text or "too large" in caplog.text.lower()
         # The fault is fixed: the next attempt delivers everything, and the batch goes.
-        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+        admin = AdminClient({**QUIET, "bootstrap.servers": kafka_broker.bootstrap})
         entry = ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource("topic", topic, incremental_configs=[entry])
         for f in admin.incremental_alter_configs([resource]).values():
@@ -628,7 +630,7 @@ def test_a_slow_trickle_is_published_and_committed_within_max_batch_age(kafka_br
     stop = threading.Event()
 
     def trickle():
-        p = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 0})
+        p = Producer({**QUIET, "bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 0})
         i = 0
         while not stop.is_set():
             p.produce(topic, orjson.dumps({"id": i}))
@@ -654,7 +656,7 @@ def test_a_slow_trickle_is_published_and_committed_within_max_batch_age(kafka_br
 
 def test_a_message_that_is_not_json_stops_the_source_without_skipping_anything(kafka_broker, tmp_path):
     topic, group = new_topic(kafka_broker, 1), f"g-{uuid.uuid4().hex[:8]}"
-    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    p = Producer({**QUIET, "bootstrap.servers": kafka_broker.bootstrap})
     for value in [b'{"id": 0}', b'{"id": 1}', b"not json", b'{"id": 3}', b'{"id": 4}']:
         p.produce(topic, value)
     assert p.flush(10) == 0
