@@ -550,38 +550,44 @@ def test_backpressure_pauses_partitions_without_leaving_the_group(kafka_broker, 
         assert host.stop("source") == 0
 
 
-def test_sink_keeps_a_batch_whose_delivery_failed_until_it_goes_through(kafka_broker, tmp_path, caplog, report):
-    # The topic refuses record batches over 2,000 bytes: one large event makes deliveries fail.
-    topic = new_topic(kafka_broker, 1, config={"max.message.bytes": "2000"})
+def test_sink_retries_what_failed_to_deliver_and_produces_nothing_twice(kafka_broker, tmp_path, caplog, report):
+    # The topic refuses record batches over 20,000 bytes, and one large event is keyed to one of its
+    # two partitions: what goes to that partition fails, what goes to the other is delivered.
+    topic = new_topic(kafka_broker, 2, config={"max.message.bytes": "20000"})
     root = str(tmp_path)
+    big = 7
     with turbo_queue.Enqueue(root_path=root, queue_name="out", serializer=kafka.RECORDS) as q:
-        q.add_many(kafka.Record(orjson.dumps({"id": i, "pad": "y" * (5000 if i == 7 else 10)}))
-                   for i in range(100))
+        q.add_many(kafka.Record(orjson.dumps({"id": i, "pad": "y" * (50_000 if i == big else 10)}),
+                                b"k%d" % i) for i in range(100))
     sink = kafka.KafkaSink(topic, kafka_brokers=kafka_broker.bootstrap, turbo_queue_root_path=root,
                            turbo_queue_queue_name="out", max_attempts=3, retry_backoff=0.1)
     thread = threading.Thread(target=sink.run, kwargs={"handle_signals": False})
     caplog.set_level(logging.WARNING, "turbo_queue")
     thread.start()
     try:
-        wait_for(lambda: sink.given_back >= 1, 60, "the sink to give the failing batch back")
-        # Not deleted: the batch is still in the queue folder.
-        assert batch_files(os.path.join(root, "out")), "the batch was deleted although an event failed"
+        wait_for(lambda: sink.requeued >= 1, 60, "the sink to requeue what kept failing")
+        delivered_before_fix = sum(high_watermarks(kafka_broker, topic).values())
+        assert 0 < delivered_before_fix < 100, delivered_before_fix
+        # Not lost: the failed events wait in the queue folder, in a batch of their own.
+        assert batch_files(os.path.join(root, "out")), "the failed events are not in the queue"
         assert "MSG_SIZE_TOO_LARGE" in caplog.text or "too large" in caplog.text.lower()
-        # The fault is fixed: the next attempt delivers everything, and the batch goes.
+        # The fault is fixed: the next round delivers them.
         admin = AdminClient({**QUIET, "bootstrap.servers": kafka_broker.bootstrap})
         entry = ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource("topic", topic, incremental_configs=[entry])
         for f in admin.incremental_alter_configs([resource]).values():
             f.result(10)
-        wait_for(lambda: sink.batches >= 1, 60, "the batch to be delivered")
+        wait_for(lambda: sink.events >= 100, 60, "every event to be delivered")
     finally:
         sink.stop()
         thread.join(60)
     msgs = read_all(kafka_broker, topic, set(range(100)))
     ids = Counter(orjson.loads(m.value())["id"] for m in msgs)
     assert set(ids) == set(range(100))
+    assert len(msgs) == 100, f"{len(msgs) - 100} events were produced twice"
     assert batch_files(os.path.join(root, "out")) == []
-    report(f"{len(msgs)} delivered for 100 events after {sink.given_back} give-backs")
+    report(f"{delivered_before_fix} of 100 delivered at first, {sink.requeued} requeued, "
+           f"{len(msgs)} delivered in all")
 
 
 def test_08_style_json_connectors(kafka_broker, tmp_path):

@@ -48,8 +48,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
         value_format=args.value_format, max_in_flight=args.max_in_flight,
         max_attempts=args.max_attempts, config=_config(args.config))
     sink.run()  # SIGTERM/SIGINT: wait for delivery reports, delete delivered batches, close
-    logging.getLogger("turbo_queue").info("kafka-sink: %d events delivered in %d batches, %d given back",
-                                          sink.events, sink.batches, sink.given_back)
+    logging.getLogger("turbo_queue").info(
+        "kafka-sink: %d events delivered in %d batches; %d events requeued after failing, %d batches "
+        "given back", sink.events, sink.batches, sink.requeued, sink.given_back)
     return 0
 
 
@@ -82,5 +83,5 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("--topic", required=True)
     k.add_argument("--max-in-flight", type=int, default=4, help="batches produced before waiting for their delivery reports")
     k.add_argument("--max-attempts", type=int, default=5,
-                   help="rounds of re-producing failed events before the batch is given back")
+                   help="rounds of producing failed events before they are requeued as a new batch")
     k.set_defaults(func=cmd_sink)

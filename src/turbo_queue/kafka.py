@@ -434,8 +434,10 @@ class KafkaSink(_Connector):
     client has a delivery report for every one of them (a fence). Only failures are reported
     (``delivery.report.only.error``): no Python call per event, which is what a per-event callback
     costs. Failed events are produced again (only those), up to ``max_attempts`` rounds with
-    backoff; if some still fail, the batches are given back to the queue under their own names, to
-    be produced again whole. Otherwise they are deleted.
+    backoff; those that still fail are put back into the queue as a new batch, to be retried later.
+    Then the claimed batches are deleted: an event that was delivered is never produced again
+    unless the sink is killed (or stopped while reports are outstanding: then the claimed batches
+    are given back whole).
     """
 
     def __init__(self, topic: Optional[str] = None, *, kafka_brokers: Optional[str] = None,
@@ -455,7 +457,9 @@ class KafkaSink(_Connector):
         self.stop_grace = stop_grace
         self.events = 0         # events acknowledged by the broker
         self.batches = 0        # batches deleted after every event was acknowledged
-        self.given_back = 0     # batches returned to the queue after failing deliveries
+        self.given_back = 0     # batches returned to the queue whole (stopped or an error)
+        self.requeued = 0       # events put back into the queue after failing every attempt
+        self.requeued_last = 0
         self._producer: Any = None
         self._queues: list[Dequeue] = []
         self._failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
@@ -504,6 +508,7 @@ class KafkaSink(_Connector):
         """One round: claim up to max_in_flight batches, produce them, wait for their delivery,
         then delete them (or give them back). Returns how many events were delivered."""
         claimed: list[tuple[Dequeue, int]] = []
+        self.requeued_last = 0
         try:
             for queue in self._queues:
                 events = queue.get_batch(timeout=0 if claimed else timeout)
@@ -513,17 +518,21 @@ class KafkaSink(_Connector):
                 self._produce_batch(queue, events)
             if not claimed:
                 return 0
-            delivered = self._fence() and self._retry_failed()
+            reported = self._fence() and self._retry_failed()
+            if reported and self._failed:
+                self._requeue_failed()
         except BaseException:
             self._give_back(claimed, "an error")
             raise
-        if not delivered:
-            self._give_back(claimed, self._failed[0][4] if self._failed else "stopped")
+        if not reported:
+            # Stopped before every report came in: which events arrived is unknown.
+            self._give_back(claimed, "stopped while deliveries were outstanding")
             return 0
         count = 0
         for queue, n in claimed:
-            queue.clean_up()  # every event of it acknowledged: only now is the batch deleted
+            queue.clean_up()  # every event acknowledged (or requeued): only now is the batch deleted
             count += n
+        count -= self.requeued_last
         self.events += count
         self.batches += len(claimed)
         return count
@@ -540,17 +549,17 @@ class KafkaSink(_Connector):
         return True
 
     def _retry_failed(self) -> bool:
+        """Produce failed events again, up to max_attempts rounds. False if a round's reports did
+        not all come in (stopped); True otherwise, with what still failed left in self._failed."""
         attempt = 1
-        while self._failed:
-            if attempt >= self.max_attempts or self._stop.is_set():
-                return False
-            failed, self._failed = self._failed, []
+        while self._failed and attempt < self.max_attempts:
+            failed = self._failed
             logger.warning("turbo_queue.kafka: %d events were not delivered (%s); producing them "
                            "again (attempt %d of %d)", len(failed), failed[0][4], attempt + 1,
                            self.max_attempts)
             if self._stop.wait(self.retry_backoff * 2 ** (attempt - 1)):
-                self._failed = failed
-                return False
+                return True  # stopping: what failed is requeued below
+            self._failed = []
             attempt += 1
             produce, topic = self._producer.produce, self.kafka_producer_topic
             for value, key, headers, ts, _reason in failed:
@@ -560,6 +569,27 @@ class KafkaSink(_Connector):
             if not self._fence():
                 return False
         return True
+
+    def _requeue_failed(self) -> None:
+        """Publish the events that still failed as a new batch of this queue, so that the batches
+        they came from can be deleted: they are retried later, and the events that were delivered
+        are not produced twice."""
+        failed, self._failed = self._failed, []
+        fmt = self.value_format
+        serializer: Any = {"record": RECORDS, "bytes": "raw", "json": "json"}[fmt]
+        with Enqueue(**self._queue_settings(), serializer=serializer,
+                     max_events_per_file=len(failed)) as queue:
+            if fmt == "record":
+                queue.add_many(Record(v, k, tuple(h) if h else None, ts) for v, k, h, ts, _ in failed)
+            elif fmt == "bytes":
+                queue.add_many(v for v, *_ in failed)
+            else:
+                queue.add_many(orjson.loads(v) for v, *_ in failed)
+        self.requeued += len(failed)
+        self.requeued_last = len(failed)
+        logger.error("turbo_queue.kafka: %d events could not be delivered after %d attempts (%s); "
+                     "they were put back into the queue as a new batch, to be retried",
+                     len(failed), self.max_attempts, failed[0][4])
 
     def _produce_batch(self, queue: Dequeue, events: list[Any]) -> None:
         if self.value_format == "record":
