@@ -136,8 +136,7 @@ def sink_produce(broker: KafkaBroker, t: str, data: list[tuple[bytes, bytes]], v
         else:
             q.add_many(v for v, _ in data)
     sink = KafkaSink(t, kafka_brokers=broker.bootstrap, turbo_queue_root_path=root,
-                     turbo_queue_queue_name=qname, value_format=value_format, config=PRODUCER,
-                     max_in_flight=int(os.environ.get("SINK_IN_FLIGHT", "4")))
+                     turbo_queue_queue_name=qname, value_format=value_format, config=PRODUCER)
     sink.open()
     sink._producer.list_topics(t, timeout=10)
     start, cpu0 = time.perf_counter(), cpu_s()

@@ -21,17 +21,22 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(message)s")
 
 
-def cmd_source(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What source and sink take alike, from the options of _common()."""
     _logging(args.log_level)
+    return dict(kafka_brokers=args.brokers, kafka_client_id=args.client_id,
+                turbo_queue_root_path=args.root_path, turbo_queue_queue_name=args.queue_name,
+                value_format=args.value_format, config=_config(args.config))
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     from turbo_queue.kafka import KafkaSource
 
     source = KafkaSource(
-        args.topic, kafka_brokers=args.brokers, kafka_group_id=args.group,
-        kafka_client_id=args.client_id, turbo_queue_root_path=args.root_path,
-        turbo_queue_queue_name=args.queue_name, turbo_queue_max_ready_files=args.max_ready_files,
+        args.topic, kafka_group_id=args.group, turbo_queue_max_ready_files=args.max_ready_files,
         turbo_queue_max_events_per_file=args.max_events_per_file, max_batch_age=args.max_batch_age,
-        kafka_auto_offset_reset=args.offset_reset, value_format=args.value_format,
-        durability=args.durability, config=_config(args.config))
+        kafka_auto_offset_reset=args.offset_reset, durability=args.durability, **settings)
     source.run()  # SIGTERM/SIGINT: publish the open batch, commit, leave the group
     logging.getLogger("turbo_queue").info("kafka-source: %d events queued, %d commits", source.events,
                                           source.commits)
@@ -39,14 +44,11 @@ def cmd_source(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    _logging(args.log_level)
+    settings = _settings(args)
     from turbo_queue.kafka import KafkaSink
 
-    sink = KafkaSink(
-        args.topic, kafka_brokers=args.brokers, kafka_client_id=args.client_id,
-        turbo_queue_root_path=args.root_path, turbo_queue_queue_name=args.queue_name,
-        value_format=args.value_format, max_in_flight=args.max_in_flight,
-        max_attempts=args.max_attempts, config=_config(args.config))
+    sink = KafkaSink(args.topic, max_in_flight=args.max_in_flight, max_attempts=args.max_attempts,
+                     **settings)
     sink.run()  # SIGTERM/SIGINT: wait for delivery reports, delete delivered batches, close
     logging.getLogger("turbo_queue").info(
         "kafka-sink: %d events delivered in %d batches; %d events requeued after failing, %d batches "

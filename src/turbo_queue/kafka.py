@@ -2,8 +2,9 @@
 
 ``KafkaSource`` consumes topics into a turbo-queue folder and commits a Kafka offset only once every
 event up to it is in a published batch. ``KafkaSink`` claims batches, produces every event, and
-deletes a batch only after every delivery report of it succeeded. Nothing is lost; an event is
-delivered twice only after a crash (or after a batch whose deliveries kept failing was given back).
+deletes a batch only once every event of it was delivered (or, failing every attempt, requeued).
+Nothing is lost; an event is delivered twice only after a crash (or a sink stopped while delivery
+reports were outstanding).
 
 Needs the ``kafka`` extra: ``pip install "turbo-queue[kafka]"`` (confluent-kafka and msgpack).
 
@@ -45,6 +46,9 @@ __all__ = ["RECORDS", "KafkaDequeue", "KafkaEnqueue", "KafkaSink", "KafkaSource"
 logger = logging.getLogger("turbo_queue")
 
 VALUE_FORMATS = ("record", "bytes", "json")
+# How each format is stored in the queue: records as the packed bytes they are (packed in C by the
+# source, produced straight from those bytes by the sink).
+_STORED_AS = {"record": "raw", "bytes": "raw", "json": "json"}
 Headers = Tuple[Tuple[str, Optional[bytes]], ...]
 
 
@@ -251,8 +255,7 @@ class KafkaSource(_Connector):
         if self.kafka_group_id:
             conf["group.id"] = self.kafka_group_id
         conf["enable.auto.commit"] = False  # at-least-once depends on it: never overridden
-        serializer = {"record": "raw", "bytes": "raw", "json": "json"}[self.value_format]
-        self._queue = Enqueue(**self._queue_settings(), serializer=serializer,
+        self._queue = Enqueue(**self._queue_settings(), serializer=_STORED_AS[self.value_format],
                               max_events_per_file=self.turbo_queue_max_events_per_file,
                               max_ready_files=self.turbo_queue_max_ready_files,
                               max_batch_age=float("inf"), durability=self.durability)
@@ -459,7 +462,6 @@ class KafkaSink(_Connector):
         self.batches = 0        # batches deleted after every event was acknowledged
         self.given_back = 0     # batches returned to the queue whole (stopped or an error)
         self.requeued = 0       # events put back into the queue after failing every attempt
-        self.requeued_last = 0
         self._producer: Any = None
         self._queues: list[Dequeue] = []
         self._failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
@@ -478,10 +480,9 @@ class KafkaSink(_Connector):
         conf["on_delivery"] = self._report  # every batch's fate depends on it: never overridden
         self._producer = Producer(conf)
         self._produce_one = self._producer_for(self.value_format)
-        # Records are read as the bytes they are stored as, and produced straight from them.
-        serializer: Any = {"record": "raw", "bytes": "raw", "json": "json"}[self.value_format]
         settings = self._queue_settings()
-        self._queues = [Dequeue(**settings, serializer=serializer) for _ in range(self.max_in_flight)]
+        self._queues = [Dequeue(**settings, serializer=_STORED_AS[self.value_format])
+                        for _ in range(self.max_in_flight)]
         logger.info("turbo_queue.kafka: sink %s/%s -> %s started", self.turbo_queue_root_path,
                     self.turbo_queue_queue_name, self.kafka_producer_topic)
 
@@ -508,7 +509,7 @@ class KafkaSink(_Connector):
         """One round: claim up to max_in_flight batches, produce them, wait for their delivery,
         then delete them (or give them back). Returns how many events were delivered."""
         claimed: list[tuple[Dequeue, int]] = []
-        self.requeued_last = 0
+        requeued = 0
         try:
             for queue in self._queues:
                 events = queue.get_batch(timeout=0 if claimed else timeout)
@@ -520,7 +521,7 @@ class KafkaSink(_Connector):
                 return 0
             reported = self._fence() and self._retry_failed()
             if reported and self._failed:
-                self._requeue_failed()
+                requeued = self._requeue_failed()
         except BaseException:
             self._give_back(claimed, "an error")
             raise
@@ -532,7 +533,7 @@ class KafkaSink(_Connector):
         for queue, n in claimed:
             queue.clean_up()  # every event acknowledged (or requeued): only now is the batch deleted
             count += n
-        count -= self.requeued_last
+        count -= requeued
         self.events += count
         self.batches += len(claimed)
         return count
@@ -570,7 +571,7 @@ class KafkaSink(_Connector):
                 return False
         return True
 
-    def _requeue_failed(self) -> None:
+    def _requeue_failed(self) -> int:
         """Publish the events that still failed as a new batch of this queue, so that the batches
         they came from can be deleted: they are retried later, and the events that were delivered
         are not produced twice."""
@@ -586,10 +587,10 @@ class KafkaSink(_Connector):
             else:
                 queue.add_many(orjson.loads(v) for v, *_ in failed)
         self.requeued += len(failed)
-        self.requeued_last = len(failed)
         logger.error("turbo_queue.kafka: %d events could not be delivered after %d attempts (%s); "
                      "they were put back into the queue as a new batch, to be retried",
                      len(failed), self.max_attempts, failed[0][4])
+        return len(failed)
 
     def _produce_batch(self, queue: Dequeue, events: list[Any]) -> None:
         if self.value_format == "record":
