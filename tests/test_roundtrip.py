@@ -92,6 +92,68 @@ def test_pickle(tmp_path, values):
     assert pickle.dumps(got) == pickle.dumps(values + FALSY) or same(got, values + FALSY)
 
 
+def pickle_roundtrip(values):
+    return pickle.loads(pickle.dumps(values, 5))
+
+
+@SETTINGS
+@given(values=st.lists(picklable | json_values, max_size=15))
+def test_auto_gives_back_what_pickle_gives_back(tmp_path, values):
+    got = roundtrip(tmp_path, values + FALSY, "auto")
+    assert same(got, pickle_roundtrip(values + FALSY))
+
+
+class Point(tuple):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    (1, 2), {"t": (1, 2)}, {1: "int key"}, {"n": 2**64}, {"f": math.inf}, {"f": math.nan},
+    {"s": "\ud800"}, Point((1, 2)), {"sub": Point((3,))}, True, 1.0, -0.0, {"d": {"e": [None]}},
+])
+def test_auto_keeps_the_type_of_what_json_cannot_say(tmp_path, value):
+    [got] = roundtrip(tmp_path, [value], "auto")
+    assert same(got, pickle_roundtrip(value))
+
+
+def test_auto_keeps_shared_and_recursive_containers(tmp_path):
+    inner = [1, 2]
+    shared = {"a": inner, "b": inner}
+    looped = [0]
+    looped.append(looped)
+    nested = {"x": {"y": {}}, "z": []}
+    got_shared, got_looped, got_nested = roundtrip(tmp_path, [shared, looped, nested], "auto")
+    assert got_shared == shared and got_shared["a"] is got_shared["b"]
+    assert got_looped[1] is got_looped
+    assert got_nested == nested and got_nested["x"]["y"] is not got_nested["z"]
+
+
+def stored(tmp_path, queue_name="rt"):
+    import sqlite3
+    [path] = sorted((tmp_path / queue_name).glob("ready_*.db"))
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT log_data FROM logs ORDER BY rowid")]
+
+
+def test_auto_stores_plain_values_as_json_and_the_rest_pickled(tmp_path):
+    event = {"id": 1, "host": "h", "ts": 1.5, "ok": True, "tags": ["a"], "none": None}
+    roundtrip_values = [event, (1, 2)]
+    with turbo_queue.enqueue(root_path=str(tmp_path), queue_name="rt", serializer="auto") as e:
+        e.add_many(roundtrip_values)
+    plain, tupled = stored(tmp_path)
+    assert json.loads(plain) == event
+    assert tupled[:1] == b"\x80" and pickle.loads(tupled) == (1, 2)
+
+
+def test_auto_reads_a_queue_written_with_pickle(tmp_path):
+    values = [{"a": 1}, (1, 2), "x", 0]
+    with turbo_queue.enqueue(root_path=str(tmp_path), queue_name="rt", serializer="pickle") as e:
+        e.add_many(values)
+    with turbo_queue.dequeue(root_path=str(tmp_path), queue_name="rt", serializer="auto",
+                             wait_timeout=0) as d:
+        assert same(d.get_batch(), values)
+
+
 msgpackable = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**63, max_value=2**64 - 1)
     | st.floats(allow_nan=False) | st.text() | st.binary(),
@@ -128,7 +190,7 @@ def test_custom_serializer(tmp_path):
 
 @pytest.mark.parametrize("serializer, bad", [
     ("json", object()), ("json", {1j: 1}), ("json", {"a": {1, 2}}), ("raw", 12), ("text", b"x"),
-    ("pickle", lambda: 0), ("msgpack", object()),
+    ("pickle", lambda: 0), ("msgpack", object()), ("auto", lambda: 0), ("auto", {"a": lambda: 0}),
 ])
 def test_unencodable_raises_typeerror_naming_the_type_and_writes_nothing(tmp_path, serializer, bad):
     e = turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q", serializer=serializer)
