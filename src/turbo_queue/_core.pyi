@@ -43,6 +43,7 @@ class _QueueBase:
 class Enqueue(_QueueBase):
     durability: Literal["process", "os"]
     _busy_linger: float
+    _fast_rate: float
     @property
     def closed(self) -> bool: ...
     @property
