@@ -134,6 +134,23 @@ def test_flush_returns_after_publishing(tmp_path):
     e.close()
 
 
+def test_page_size_follows_the_batch_size_and_every_batch_reads_back(tmp_path):
+    # Large pages for large batches; after a batch of a few events, small pages (cheaper to create).
+    import sqlite3
+    e = producer(tmp_path, max_events_per_file=10_000)
+    sizes = [3, 300, 2, 1, 5000, 4]
+    for n in sizes:
+        e.add_many(range(n))
+        e.flush()
+    e.close()
+    pages = []
+    for name in batch_files(tmp_path / "q", "ready_"):
+        with sqlite3.connect(tmp_path / "q" / name) as db:
+            pages.append(db.execute("PRAGMA page_size").fetchone()[0])
+    assert pages == [65536, 4096, 65536, 4096, 4096, 65536]
+    assert drain_all(tmp_path) == [i for n in sizes for i in range(n)]
+
+
 def test_interpreter_exit_publishes_the_open_batch(tmp_path):
     run_script(f"""
         import turbo_queue
