@@ -294,3 +294,12 @@ def test_a_waiting_get_uses_almost_no_cpu():
     assert wall >= 1.9
     assert cpu < 0.02 * wall  # under 2% of a core while waiting
     q.close()
+
+
+@pytest.mark.parametrize("settings", [dict(maxsize=-1), dict(max_linger=-0.1), dict(max_linger="1"),
+                                      dict(max_linger=float("nan")), dict(latency=0),
+                                      dict(serializer="nope")])
+def test_bad_settings_raise_valueerror_at_construction(settings):
+    with pytest.raises(ValueError) as info:
+        turbo_queue.Queue(**settings)
+    assert next(iter(settings)) in str(info.value)

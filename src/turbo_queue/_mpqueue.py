@@ -79,6 +79,11 @@ class Queue:
                  durability: Literal["process", "os"] = "process") -> None:
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
+        if type(latency) not in (int, float) or not 0 < latency < float("inf"):
+            raise ValueError(f"turbo_queue: latency must be a number of seconds > 0, not {latency!r}")
+        if type(max_linger) not in (int, float) or not 0 <= max_linger < float("inf"):
+            raise ValueError(f"turbo_queue: max_linger must be a number of seconds >= 0 (0: never "
+                             f"linger), not {max_linger!r}")
         self._owner_pid = os.getpid()
         self._private = path is None
         folder = _private_folder() if path is None else os.fspath(path)
