@@ -457,19 +457,6 @@ def test_sink_killed_after_delivery_before_deleting_delivers_those_batches_again
     assert batch_files(tmp_path / "out") == []
 
 
-def _records(root):
-    folder_events = turbo_queue.Dequeue(root_path=str(root), queue_name="in", serializer=kafka.RECORDS,
-                                        wait_timeout=0)
-    got = []
-    while True:
-        batch = folder_events.get_batch()
-        if not batch:
-            break
-        got += batch
-    folder_events.close()
-    return got
-
-
 def test_two_sources_in_one_group_split_partitions_and_survive_a_rebalance(kafka_broker, tmp_path, report):
     topic, group = new_topic(kafka_broker, 4), f"g-{uuid.uuid4().hex[:8]}"
     for i in (0, 1):
@@ -497,7 +484,7 @@ def test_two_sources_in_one_group_split_partitions_and_survive_a_rebalance(kafka
         for h in hosts:
             for proc in h.procs.values():
                 proc.kill()
-    got = [_records(h.root) for h in hosts]
+    got = [drain_all(h.root, "in", serializer=kafka.RECORDS) for h in hosts]
     parts = [{r.partition for r in g if orjson.loads(r.value)["id"] < 50_000} for g in got]
     assert parts[0] and parts[1] and not parts[0] & parts[1], f"partitions were not split: {parts}"
     assert {r.partition for r in got[0] if orjson.loads(r.value)["id"] >= 50_000} == {0, 1, 2, 3}

@@ -137,9 +137,8 @@ def stored(tmp_path, queue_name="rt"):
 
 def test_auto_stores_plain_values_as_json_and_the_rest_pickled(tmp_path):
     event = {"id": 1, "host": "h", "ts": 1.5, "ok": True, "tags": ["a"], "none": None}
-    roundtrip_values = [event, (1, 2)]
     with turbo_queue.enqueue(root_path=str(tmp_path), queue_name="rt", serializer="auto") as e:
-        e.add_many(roundtrip_values)
+        e.add_many([event, (1, 2)])
     plain, tupled = stored(tmp_path)
     assert json.loads(plain) == event
     assert tupled[:1] == b"\x80" and pickle.loads(tupled) == (1, 2)

@@ -924,10 +924,9 @@ cdef class Enqueue(_QueueBase):
     cdef long _ready_count
     cdef readonly long long events_published
     cdef readonly long long batches_published
-    # While published batches wait unclaimed, an aged batch may keep filling this much longer
-    # (0 = publish at max_batch_age regardless): consumers that are behind get full batches.
-    # Set by turbo_queue.Queue: an aged batch may keep filling up to _busy_linger seconds while
-    # published batches wait unclaimed, or while events come at _fast_rate per second or more.
+    # Set by turbo_queue.Queue: an aged batch may keep filling until it is _busy_linger seconds old
+    # (0 = publish at max_batch_age regardless) while published batches wait unclaimed, or while
+    # events come at _fast_rate per second or more (0 = never on rate alone); see _age_tick.
     cdef public double _busy_linger
     cdef public double _fast_rate
     cdef int64_t _name_ns

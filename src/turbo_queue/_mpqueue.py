@@ -208,11 +208,10 @@ class Queue:
             # The common call, inlined: an event of the claimed batch is right there.
             with self._get_lock:
                 events = self._events
-                if events is not None:
-                    item = next(events)
-                    if item is not _EMPTY:
-                        return item
-                return self._get(True, None)
+                if events is None:
+                    return self._get(True, None)
+                item = next(events)
+                return item if item is not _EMPTY else self._wait_for_item(events, True, None)
         if not self._get_lock.acquire(block, -1 if timeout is None or not block else max(0.0, timeout)):
             raise _queue.Empty
         try:
@@ -228,11 +227,13 @@ class Queue:
             self._open_consumer()
             events = cast(Iterator[Any], self._events)
         item = next(events)
-        if item is not _EMPTY:
-            return item
-        consumer = cast(Dequeue, self._consumer)
+        return item if item is not _EMPTY else self._wait_for_item(events, block, timeout)
+
+    def _wait_for_item(self, events: Iterator[Any], block: bool, timeout: float | None) -> Any:
+        # Nothing was ready at the first look: wait (on the folder's inotify watch) for a batch.
         if not block:
             raise _queue.Empty
+        consumer = cast(Dequeue, self._consumer)
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             left = 1.0 if deadline is None else deadline - time.monotonic()
