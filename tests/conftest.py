@@ -25,7 +25,30 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_report_header(config):
-    return f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite {turbo_queue.SQLITE_VERSION}"
+    return (f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite "
+            f"{turbo_queue.SQLITE_VERSION}, batches built in {memory_batches_default()}")
+
+
+def memory_batches_default():
+    from turbo_queue import _core
+
+    where = _core._set_batch_build("file")
+    _core._set_batch_build(where)
+    return where
+
+
+@pytest.fixture(params=["memory", "file"])
+def batch_build(request, monkeypatch):
+    """Run a test with batches built in memory (SQLite 3.36+) and in their file (older SQLite), in
+    this process and in the processes it starts."""
+    from turbo_queue import _core
+
+    if request.param == "memory" and memory_batches_default() != "memory":
+        pytest.skip(f"SQLite {turbo_queue.SQLITE_VERSION} has no memdb VFS: batches are built in files")
+    previous = _core._set_batch_build(request.param)
+    monkeypatch.setenv("TURBO_QUEUE_BATCH_BUILD", request.param)
+    yield request.param
+    _core._set_batch_build(previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -65,7 +65,7 @@ def test_startup_cleanup_quarantines_unreadable_leftovers(tmp_path):
     (folder / "chosen_1700000000_garbage.db").write_bytes(b"\x00junk" * 1000)
     (folder / "loading_1700000000_empty.db").write_bytes(b"")  # a producer that died at once
     counts = turbo_queue.startup(root_path=str(tmp_path), queue_name="q").on_start_cleanup()
-    assert counts == {"published": 0, "empty": 1, "quarantined": 1, "skipped_live": 0}
+    assert counts == {"published": 0, "empty": 1, "unfinished": 0, "quarantined": 1, "skipped_live": 0}
     assert batch_files(folder) == ["invalid_chosen_1700000000_garbage.db"]
 
 
@@ -103,7 +103,7 @@ def check_after_full(root, e, err, want_errno, fs_root):
     assert [int(x[:8]) for x in got] == list(range(e.events_published))
 
 
-def test_disk_full_on_a_real_small_file_system(tmp_path):
+def test_disk_full_on_a_real_small_file_system(tmp_path, batch_build):
     mnt = tmp_path / "small"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
@@ -122,7 +122,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_file_size_limit(tmp_path):
+def test_file_size_limit(tmp_path, batch_build):
     proc = run_script(f"""
         import resource, signal, sys, errno
         sys.path.insert(0, {os.path.dirname(__file__)!r})

@@ -79,7 +79,7 @@ def test_original_writes_ours_reads(tmp_path, legacy_path):
 
 
 @pytest.mark.parametrize("with_numbers", [False, True])
-def test_ours_writes_original_reads(tmp_path, legacy_path, with_numbers):
+def test_ours_writes_original_reads(tmp_path, legacy_path, with_numbers, batch_build):
     values = VALUES_ORIGINAL_CAN_READ_BACK + (NUMERIC if with_numbers else [])
     ours_write(tmp_path, values)
     proc = run_script(LEGACY_READER.format(legacy=str(legacy_path), log=str(tmp_path / "l.log"),

@@ -134,7 +134,7 @@ def test_flush_returns_after_publishing(tmp_path):
     e.close()
 
 
-def test_page_size_follows_the_batch_size_and_every_batch_reads_back(tmp_path):
+def test_page_size_follows_the_batch_size_and_every_batch_reads_back(tmp_path, batch_build):
     # Large pages for large batches; after a batch of a few events, small pages (cheaper to create).
     import sqlite3
     e = producer(tmp_path, max_events_per_file=10_000)
@@ -149,6 +149,45 @@ def test_page_size_follows_the_batch_size_and_every_batch_reads_back(tmp_path):
             pages.append(db.execute("PRAGMA page_size").fetchone()[0])
     assert pages == [65536, 4096, 65536, 4096, 4096, 65536]
     assert drain_all(tmp_path) == [i for n in sizes for i in range(n)]
+
+
+def test_a_batch_built_in_memory_leaves_only_its_empty_loading_file(tmp_path, batch_build, monkeypatch):
+    # While it fills, the folder shows the batch being loaded, as in the original, and nothing else
+    # is created: no journal beside it, nothing in the working directory (memdb hands every file but
+    # the database itself to the default VFS, so a journal left in DELETE mode would land there).
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    e = producer(tmp_path, max_events_per_file=1000)
+    e.add_many(range(500))
+    loading = batch_files(tmp_path / "q", "loading_")
+    assert len(loading) == 1 and batch_files(tmp_path / "q") == loading
+    if batch_build == "memory":  # (built in its file, a batch has a rollback journal beside it)
+        assert [n for n in os.listdir(tmp_path / "q") if not n.startswith(".owner_")] == loading
+        assert os.path.getsize(tmp_path / "q" / loading[0]) == 0  # written when published
+    assert e.flush() == 500
+    assert os.listdir(cwd) == []
+    (ready,) = batch_files(tmp_path / "q")
+    import sqlite3
+    with sqlite3.connect(tmp_path / "q" / ready) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # an ordinary file
+    e.close()
+    assert drain_all(tmp_path) == list(range(500))
+
+
+def test_a_batch_in_memory_is_published_at_64_mib_whatever_max_events_per_file(tmp_path, batch_build):
+    e = producer(tmp_path, max_events_per_file=1000, serializer="raw")
+    big = b"x" * (1 << 20)
+    for i in range(70):
+        e.add(b"%04d" % i + big)
+    if batch_build == "memory":
+        assert e.batches_published == 1 and e.events_published == 64  # 64 x (1 MiB + 4 bytes)
+    else:  # built in its file, a batch is bounded by max_events_per_file alone
+        assert e.batches_published == 0
+    e.close()
+    got = drain_all(tmp_path, serializer="raw")
+    assert [int(x[:4]) for x in got] == list(range(70)) and all(x[4:] == big for x in got)
 
 
 def test_interpreter_exit_publishes_the_open_batch(tmp_path):

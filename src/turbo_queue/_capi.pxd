@@ -10,6 +10,7 @@ cdef extern from "sqlite3.h" nogil:
     ctypedef struct sqlite3_stmt
     ctypedef struct sqlite3_vfs
     ctypedef void (*sqlite3_destructor_type)(void*)
+    ctypedef long long sqlite3_int64
 
     int SQLITE_OK, SQLITE_ROW, SQLITE_DONE, SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY
     int SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT
@@ -41,6 +42,7 @@ cdef extern from "sqlite3.h" nogil:
     int sqlite3_system_errno(sqlite3 *db)
     int sqlite3_limit(sqlite3 *db, int id, int new_value)
     sqlite3_vfs *sqlite3_vfs_find(const char *name)
+    void sqlite3_free(void *p)
 
 
 cdef extern from "_tq_os.h" nogil:
@@ -62,3 +64,9 @@ cdef extern from "_tq_os.h" nogil:
     int tq_watch_wait(int fd, double timeout, const char *prefix)
     int tq_has_null_token(const char *p, size_t n)
     int tq_has_digit_run(const char *p, size_t n, size_t limit)
+    int TQ_HAVE_MEMDB
+    int tq_open_memory_batch(sqlite3 **db, unsigned char **buf, sqlite3_int64 *cap)
+    unsigned char *tq_memory_batch_image(sqlite3 *db, sqlite3_int64 *size, sqlite3_int64 *cap)
+    int tq_create_excl(const char *path)
+    int tq_write_image_body(int fd, const unsigned char *p, sqlite3_int64 n)
+    int tq_write_image_magic(int fd, const unsigned char *p, int durable)
