@@ -188,7 +188,8 @@ def main():
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--producers", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per system; the best is reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds (each runs every system once); best, median and paired ratios are reported")
     ap.add_argument("--legacy-path", default=os.path.join(os.path.dirname(__file__), "..", ".side", "tq0.5.2"))
     ap.add_argument("--update-every", type=int, default=0,
                     help="call update_enqueue_active_state() every N events in both turbo-queues")
@@ -209,24 +210,36 @@ def main():
         "turbo-queue 0.5.2 (pure Python, 1000/file)": ("legacy", 1000, "original"),
         "multiprocessing.Queue": ("mpq", 0, "original"),
     }
-    results, medians = {}, {}
-    for name, (system, per_file, api) in systems.items():
-        rates = [run_system(system, n, k, per_file, api, w, legacy, args.producers)
-                 for _ in range(args.repeat)]
-        results[name] = max(rates)
-        medians[name] = statistics.median(rates)
-        print(f"{name:48s} best {results[name]:>11,.0f}  median {medians[name]:>11,.0f} events/s   "
-              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
+    # Rounds: every system once per round, in the same order, so that a machine that drifts (other
+    # tenants, a file system slowed by earlier runs' deletions) weighs on every system alike; the
+    # ratios are also taken within each round (paired) and their median reported.
+    rates = {name: [] for name in systems}
+    for r in range(args.repeat):
+        for name, (system, per_file, api) in systems.items():
+            rates[name].append(run_system(system, n, k, per_file, api, w, legacy, args.producers))
+        print(f"round {r + 1}/{args.repeat}: " + ", ".join(f"{rates[name][-1]:,.0f}" for name in systems),
+              flush=True)
+    results = {name: max(rs) for name, rs in rates.items()}
+    medians = {name: statistics.median(rs) for name, rs in rates.items()}
     print()
+    for name, rs in rates.items():
+        print(f"{name:48s} best {results[name]:>11,.0f}  median {medians[name]:>11,.0f} events/s   "
+              f"(runs: {', '.join(f'{r:,.0f}' for r in rs)})")
+    print()
+    paired = {}
     for ours in ("turbo-queue (original API, 1000/file)", "turbo-queue (original API, 10000/file)"):
         for base in ("turbo-queue 0.5.2 (pure Python, 1000/file)", "multiprocessing.Queue"):
+            ratios = [a / b for a, b in zip(rates[ours], rates[base])]
+            paired[f"{ours} vs {base}"] = ratios
             print(f"{ours} vs {base}: best {results[ours] / results[base]:.1f}x, "
-                  f"median {medians[ours] / medians[base]:.1f}x")
+                  f"median {medians[ours] / medians[base]:.1f}x, median of paired rounds "
+                  f"{statistics.median(ratios):.1f}x (rounds: {', '.join(f'{x:.1f}' for x in ratios)})")
     host = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "events": n, "producers": args.producers, "consumers": k, "work_us": w}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"host": host, "best_events_per_s": results, "median_events_per_s": medians}, f, indent=2)
+            json.dump({"host": host, "best_events_per_s": results, "median_events_per_s": medians,
+                       "runs_events_per_s": rates, "paired_ratios": paired}, f, indent=2)
 
 
 if __name__ == "__main__":
