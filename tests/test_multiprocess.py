@@ -174,7 +174,7 @@ def child_uses_inherited(root, out):
 _inherited = None
 
 
-def test_objects_created_before_fork_work_in_the_child(tmp_path):
+def test_objects_created_before_fork_work_in_the_child(tmp_path, batch_build):
     global _inherited
     e = turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q", max_events_per_file=100)
     d = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0)
