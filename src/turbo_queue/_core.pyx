@@ -149,7 +149,9 @@ cdef const char *FAST_VFS = NULL
 if sqlite3_vfs_find(b"unix-none") != NULL:
     FAST_VFS = b"unix-none"
 
-cdef bint _memory_batches = TQ_HAVE_MEMDB and sqlite3_vfs_find(b"memdb") != NULL
+# Whether this SQLite can build batches in memory (the default where it can).
+_MEMDB_AVAILABLE = bool(TQ_HAVE_MEMDB and sqlite3_vfs_find(b"memdb") != NULL)
+cdef bint _memory_batches = _MEMDB_AVAILABLE
 
 
 def _set_batch_build(str where):
@@ -159,7 +161,7 @@ def _set_batch_build(str where):
     previous = "memory" if _memory_batches else "file"
     if where not in ("memory", "file"):
         raise ValueError(f"unknown batch build {where!r}")
-    if where == "memory" and not (TQ_HAVE_MEMDB and sqlite3_vfs_find(b"memdb") != NULL):
+    if where == "memory" and not _MEMDB_AVAILABLE:
         raise RuntimeError(f"SQLite {sqlite3_libversion().decode()} has no memdb VFS")
     _memory_batches = where == "memory"
     return previous
