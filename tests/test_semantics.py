@@ -219,6 +219,28 @@ def test_max_batch_age_accepts_fractions_and_publishes_without_a_call(tmp_path):
     e.close()
 
 
+def test_max_batch_age_lowered_while_a_batch_is_open_applies_to_it(tmp_path):
+    e = producer(tmp_path, max_events_per_file=1000, max_batch_age=3600)
+    e.add("x")
+    e.max_batch_age = 0.05  # the age thread sleeps until the hour is up unless it is told
+    d = consumer(tmp_path, wait_timeout=10)
+    assert d.get_many(10) == ["x"]
+    assert e.batches_published == 1
+    e.close()
+
+
+def test_a_batch_opened_while_the_age_thread_sleeps_is_published_in_time(tmp_path):
+    # The first batch is published full at once; the second, partial one opens while the age thread
+    # sleeps until the first one's deadline, which is earlier: it must still go out by its own.
+    e = producer(tmp_path, max_events_per_file=3, max_batch_age=0.2)
+    e.add_many(["a", "b", "c", "d"])
+    d = consumer(tmp_path, wait_timeout=10)
+    assert d.get_many(10) == ["a", "b", "c"]
+    assert d.get_many(10) == ["d"]  # published by the age thread, no call from us
+    assert e.batches_published == 2
+    e.close()
+
+
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", 5, None.__class__])
 def test_bad_queue_names_raise_before_touching_files(tmp_path, name):
     with pytest.raises(ValueError, match="queue_name"):
