@@ -57,12 +57,20 @@ d.close()
 
 
 def read_words(folder, prefix):
-    words = []
+    """The ids in the record files `prefix*` of `folder`. A process SIGKILLed while writing a line
+    can leave it cut short (a write that crosses a page boundary stops between pages): the last id of
+    such an unterminated line may be truncated into an id that never existed (or into another one),
+    so it is not counted. Returns (ids, how many lines were cut short)."""
+    words, cut = [], 0
     for name in os.listdir(folder):
         if name.startswith(prefix):
             with open(os.path.join(folder, name)) as f:
-                words += f.read().split()
-    return words
+                text = f.read()
+            if text and not text.endswith("\n"):
+                cut += 1
+                text = text[:text.rfind(" ") + 1] if " " in text.rsplit("\n", 1)[-1] else text[:text.rfind("\n") + 1]
+            words += text.split()
+    return words, cut
 
 
 def run_once(seed, producers=2, consumers=3, duration=1.0):
@@ -112,13 +120,17 @@ def run_once(seed, producers=2, consumers=3, duration=1.0):
     from conftest import drain_all
 
     drained = drain_all(root)
-    published = set(read_words(root, "pub-"))
-    delivered = read_words(root, "del-") + drained
+    published_words, cut_pub = read_words(root, "pub-")
+    delivered_words, cut_del = read_words(root, "del-")
+    published = set(published_words)
+    delivered = delivered_words + drained
     left = sorted(n for n in os.listdir(folder) if not n.startswith(".") and not n.endswith("-journal"))
     stats = {
         "seed": seed, "kills": kills, "published": len(published), "delivered": len(delivered),
         "lost": len(published - set(delivered)), "duplicates": len(delivered) - len(set(delivered)),
+        "lost_ids": sorted(published - set(delivered))[:10],
         "bad_ready_files": bad_ready, "left_in_folder": left, "errors": errors,
+        "lines_cut_by_kills": cut_pub + cut_del,
     }
     import shutil
     shutil.rmtree(root)
