@@ -68,7 +68,7 @@ def read_words(folder, prefix):
                 text = f.read()
             if text and not text.endswith("\n"):
                 cut += 1
-                text = text[:text.rfind(" ") + 1] if " " in text.rsplit("\n", 1)[-1] else text[:text.rfind("\n") + 1]
+                text = text[:max(text.rfind(" "), text.rfind("\n")) + 1]  # up to the last separator
             words += text.split()
     return words, cut
 

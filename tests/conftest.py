@@ -26,15 +26,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_report_header(config):
     return (f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite "
-            f"{turbo_queue.SQLITE_VERSION}, batches built in {memory_batches_default()}")
-
-
-def memory_batches_default():
-    from turbo_queue import _core
-
-    where = _core._set_batch_build("file")
-    _core._set_batch_build(where)
-    return where
+            f"{turbo_queue.SQLITE_VERSION}, batches built in {turbo_queue._core._batch_build()}")
 
 
 @pytest.fixture(params=["memory", "file"])

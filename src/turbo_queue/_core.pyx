@@ -90,12 +90,12 @@ cdef bytes _INSERT_GROUP_SQL = b"INSERT INTO logs (log_data) VALUES " + b",".joi
 cdef const char *INSERT_ONE = b"INSERT INTO logs (log_data) VALUES (?)"
 cdef const char *INSERT_GROUP_SQL = _INSERT_GROUP_SQL
 # How a batch is built. By default in memory (SQLite's "memdb" VFS), then written to its loading_
-# file in one go when it is published (tq_write_image): one file created per batch, where building it
-# in the file also created and deleted a rollback journal. File creation is the dominant cost of a
-# small batch on some file systems (ext4 without a journal scans recently deleted inodes on every
-# create: 40% of a producer's CPU at 1,000 events per batch, measured with perf). Nothing is lost by
-# it: a batch is safe only once published, in memory or not, and a process killed while writing the
-# image leaves a file that recovery recognises as unfinished (see tq_write_image).
+# file in one go when it is published (tq_write_image_body, then _magic): one file created per
+# batch, where building it in the file also created and deleted a rollback journal. File creation is
+# the dominant cost of a small batch on some file systems (ext4 without a journal scans recently
+# deleted inodes on every create: 40% of a producer's CPU at 1,000 events per batch, measured with
+# perf). Nothing is lost by it: a batch is safe only once published, in memory or not, and a process
+# killed while writing the image leaves a file that recovery recognises as unfinished.
 #
 # Where SQLite is older than 3.36 the batch is built in the file itself, with a rollback journal
 # (never OFF/MEMORY/WAL there: a crash mid-write must leave a readable file) and no fsync per commit:
@@ -106,21 +106,19 @@ cdef const char *INSERT_GROUP_SQL = _INSERT_GROUP_SQL
 # event than 4 KiB pages to write, 45% less to read, measured with getrusage). But each new page is
 # zeroed, so a batch of a few events costs far more with them: after a small batch, a producer makes
 # the next one with 4 KiB pages (SMALL_BATCH_EVENTS).
-cdef const char *CREATE_BATCH_SQL = (b"PRAGMA synchronous=OFF; PRAGMA journal_mode=DELETE; "
-                                     b"PRAGMA temp_store=MEMORY; PRAGMA page_size=65536; "
-                                     b"PRAGMA cache_size=-65536; BEGIN; "
-                                     b"CREATE TABLE logs (log_data json)")
-cdef const char *CREATE_SMALL_BATCH_SQL = (b"PRAGMA synchronous=OFF; PRAGMA journal_mode=DELETE; "
-                                           b"PRAGMA temp_store=MEMORY; PRAGMA page_size=4096; BEGIN; "
-                                           b"CREATE TABLE logs (log_data json)")
+#
 # In memory, the rollback journal is kept in memory too: memdb passes every file but the database
 # itself on to the default VFS, which would create it on disk.
-cdef const char *MEMORY_BATCH_SQL = (b"PRAGMA journal_mode=MEMORY; PRAGMA temp_store=MEMORY; "
-                                     b"PRAGMA page_size=65536; BEGIN; "
-                                     b"CREATE TABLE logs (log_data json)")
-cdef const char *MEMORY_SMALL_BATCH_SQL = (b"PRAGMA journal_mode=MEMORY; PRAGMA temp_store=MEMORY; "
-                                           b"PRAGMA page_size=4096; BEGIN; "
-                                           b"CREATE TABLE logs (log_data json)")
+_FILE_PRAGMAS = b"PRAGMA synchronous=OFF; PRAGMA journal_mode=DELETE; PRAGMA temp_store=MEMORY; "
+_MEMORY_PRAGMAS = b"PRAGMA journal_mode=MEMORY; PRAGMA temp_store=MEMORY; "
+_CREATE_TABLE = b"BEGIN; CREATE TABLE logs (log_data json)"
+# (in memory, small) -> the statements that start a batch.
+_BATCH_SQL = {
+    (False, False): _FILE_PRAGMAS + b"PRAGMA page_size=65536; PRAGMA cache_size=-65536; " + _CREATE_TABLE,
+    (False, True): _FILE_PRAGMAS + b"PRAGMA page_size=4096; " + _CREATE_TABLE,
+    (True, False): _MEMORY_PRAGMAS + b"PRAGMA page_size=65536; " + _CREATE_TABLE,
+    (True, True): _MEMORY_PRAGMAS + b"PRAGMA page_size=4096; " + _CREATE_TABLE,
+}
 # A batch built in memory is published once it holds this many bytes of events, whatever
 # max_events_per_file says, so that a producer's memory stays bounded (events of 1 MB with
 # max_events_per_file=100000 would otherwise make a 100 GB batch).
@@ -154,11 +152,16 @@ _MEMDB_AVAILABLE = bool(TQ_HAVE_MEMDB and sqlite3_vfs_find(b"memdb") != NULL)
 cdef bint _memory_batches = _MEMDB_AVAILABLE
 
 
+def _batch_build():
+    """Where new batches are built now: "memory" or "file" (see _set_batch_build)."""
+    return "memory" if _memory_batches else "file"
+
+
 def _set_batch_build(str where):
     """Test hook: build new batches in "memory" (the default where SQLite has memdb) or in the
     "file" (what older SQLite does). Also TURBO_QUEUE_BATCH_BUILD=file. Returns the previous one."""
     global _memory_batches
-    previous = "memory" if _memory_batches else "file"
+    previous = _batch_build()
     if where not in ("memory", "file"):
         raise ValueError(f"unknown batch build {where!r}")
     if where == "memory" and not _MEMDB_AVAILABLE:
@@ -169,6 +172,21 @@ def _set_batch_build(str where):
 
 if os.environ.get("TURBO_QUEUE_BATCH_BUILD"):
     _set_batch_build(os.environ["TURBO_QUEUE_BATCH_BUILD"])
+
+
+cdef int _create_batch_db(const char *path, bint in_memory, const char *sql, sqlite3 **db,
+                          unsigned char **buf, sqlite3_int64 *cap) noexcept nogil:
+    """Open a new batch's database, in memory (in *buf) or in the file `path`, and start it with
+    `sql` (_BATCH_SQL). Returns an SQLite code; *db is set even on failure, to be closed."""
+    cdef int rc
+    if in_memory:
+        rc = tq_open_memory_batch(db, buf, cap)
+    else:
+        rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             FAST_VFS)
+    if rc == SQLITE_OK:
+        rc = sqlite3_exec(db[0], sql, NULL, NULL, NULL)
+    return rc
 
 
 cdef int _max_value_length():
@@ -627,8 +645,8 @@ cdef str _publish_leftover(bytes folder, str name, str rest, str kind):
     except FileNotFoundError:
         return "gone"
     if kind == "loading" and size > 0 and _OWN_BATCH.match(rest) and _unfinished_image(src):
-        # Its producer died while writing the batch from memory (tq_write_image writes SQLite's
-        # magic last): the batch was never published, and what it holds is incomplete.
+        # Its producer died while writing the batch from memory (SQLite's magic string is written
+        # last, by tq_write_image_magic): the batch was never published, and it is incomplete.
         try:
             os.unlink(src)
         except FileNotFoundError:
@@ -1169,14 +1187,10 @@ cdef class Enqueue(_QueueBase):
         self._ready_path = folder + b"ready_" + name[:-3]
         self._batch_folder = folder
         cdef const char *path = self._loading_path
-        cdef bint small = self._last_was_small
         cdef bint in_memory = _memory_batches
         cdef int fd = -1
-        cdef const char *sql
-        if in_memory:
-            sql = MEMORY_SMALL_BATCH_SQL if small else MEMORY_BATCH_SQL
-        else:
-            sql = CREATE_SMALL_BATCH_SQL if small else CREATE_BATCH_SQL
+        cdef bytes sql_b = _BATCH_SQL[in_memory, self._last_was_small]
+        cdef const char *sql = sql_b
         if in_memory:
             # The loading_ file exists, empty, while the batch fills: the folder shows what is
             # being loaded, as in the original, and a producer's death leaves an empty file.
@@ -1186,13 +1200,7 @@ cdef class Enqueue(_QueueBase):
             if fd < 0:
                 raise_os(err, "create batch", self._loading_path)
         with nogil:
-            if in_memory:
-                rc = tq_open_memory_batch(&db, &self._image_buf, &self._image_cap)
-            else:
-                rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                     FAST_VFS)
-            if rc == SQLITE_OK:
-                rc = sqlite3_exec(db, sql, NULL, NULL, NULL)
+            rc = _create_batch_db(path, in_memory, sql, &db, &self._image_buf, &self._image_cap)
             if rc == SQLITE_OK:
                 rc = sqlite3_prepare_v2(db, INSERT_ONE, -1, &self._ins, NULL)
             # The multi-row INSERT is prepared on first use (_insert_pending_locked): parsing it
@@ -1296,16 +1304,13 @@ cdef class Enqueue(_QueueBase):
             sqlite3_exec(self._db, b"ROLLBACK", NULL, NULL, NULL)
             sqlite3_finalize(self._ins)
             sqlite3_finalize(self._ins_group)
-            in_memory = self._image_buf != NULL and self._db != NULL and self._fd >= 0
-            if in_memory:
+            if self._fd >= 0:  # in memory: where the buffer is now, before the database goes
                 self._take_image_locked(&size)
-            sqlite3_close_v2(self._db)
-            if self._fd >= 0:
                 close(self._fd)
+            sqlite3_close_v2(self._db)
             self._db = NULL
             self._fd = -1
-            if in_memory:
-                self._release_image_buffer_locked()
+            self._release_image_buffer_locked()
             self._ins = NULL
             self._ins_group = NULL
             self._count = 0
@@ -1387,8 +1392,7 @@ cdef class Enqueue(_QueueBase):
         with nogil:
             rc = sqlite3_close_v2(db)
         self._db = NULL
-        if in_memory:
-            self._release_image_buffer_locked()
+        self._release_image_buffer_locked()
         count = self._count
         self._count = 0
         self._last_was_small = count < SMALL_BATCH_EVENTS
@@ -2237,6 +2241,8 @@ def _bare_produce(folder, bytes payload, Py_ssize_t n, Py_ssize_t per_file):
     cdef sqlite3_int64 image_size, cap = 0
     cdef unsigned char *image
     cdef unsigned char *buf = NULL
+    cdef bytes sql_b = _BATCH_SQL[in_memory, False]
+    cdef const char *sql = sql_b
     os.makedirs(folder, exist_ok=True)
     while done < n and rc == SQLITE_OK:
         rows = min(per_file, n - done)
@@ -2249,13 +2255,7 @@ def _bare_produce(folder, bytes payload, Py_ssize_t n, Py_ssize_t per_file):
             st = NULL
             if in_memory:
                 fd = tq_create_excl(cl)
-                rc = tq_open_memory_batch(&db, &buf, &cap) if fd >= 0 else SQLITE_CANTOPEN
-                if rc == SQLITE_OK:
-                    rc = sqlite3_exec(db, MEMORY_BATCH_SQL, NULL, NULL, NULL)
-            else:
-                rc = sqlite3_open_v2(cl, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, FAST_VFS)
-                if rc == SQLITE_OK:
-                    rc = sqlite3_exec(db, CREATE_BATCH_SQL, NULL, NULL, NULL)
+            rc = _create_batch_db(cl, in_memory, sql, &db, &buf, &cap) if fd >= 0 or not in_memory else SQLITE_CANTOPEN
             if rc == SQLITE_OK:
                 rc = sqlite3_prepare_v2(db, INSERT_ONE, -1, &st, NULL)
             i = 0

@@ -25,6 +25,9 @@
 #ifndef O_CLOEXEC
 #define O_CLOEXEC 0
 #endif
+#ifndef O_NOFOLLOW
+#define O_NOFOLLOW 0
+#endif
 
 /* File names of one folder scan, each malloc'd, sorted on request. */
 typedef struct {
@@ -344,9 +347,6 @@ static unsigned char *tq_memory_batch_image(sqlite3 *db, sqlite3_int64 *size, sq
 
 /* Create a batch file that must not exist yet. Returns a descriptor, or -1 with errno. */
 static int tq_create_excl(const char *path) {
-#ifndef O_NOFOLLOW
-#define O_NOFOLLOW 0
-#endif
     int fd;
     do {
         fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
