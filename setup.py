@@ -6,6 +6,7 @@ Environment switches:
                              instead of the system's SQLite.
 """
 
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -17,6 +18,9 @@ prefix = os.environ.get("TURBO_QUEUE_SQLITE_PREFIX")
 extension = Extension(
     "turbo_queue._core",
     sources=["src/turbo_queue/_core.pyx"],
+    # The include files of its units and the C helpers: a change to any rebuilds it.
+    depends=sorted(glob.glob("src/turbo_queue/*.pxi") + glob.glob("src/turbo_queue/*.h")
+                   + ["src/turbo_queue/_capi.pxd"]),
     include_dirs=["src/turbo_queue"] + ([os.path.join(prefix, "include")] if prefix else []),
     library_dirs=[os.path.join(prefix, "lib")] if prefix else [],
     libraries=["sqlite3"],

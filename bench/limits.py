@@ -1,5 +1,5 @@
 """Producer alone and consumer alone, as a ratio to what SQLite itself allows: a bare C loop
-(turbo_queue._core._bare_produce/_bare_consume) writing and reading the same batch files.
+(bench/_bare.pyx, built by bench/build_bare.py) writing and reading the same batch files.
 
     python bench/limits.py --events 1000000 --dir /dev/shm
 """
@@ -11,7 +11,8 @@ import tempfile
 import time
 
 import turbo_queue
-from turbo_queue import _core
+
+import build_bare
 
 EVENT = {"id": 123456, "host": "web-17.example.net", "path": "/api/v1/items/42?expand=true",
          "status": 200, "bytes": 5123, "ts": 1764312000.123, "agent": "Mozilla/5.0 (X11; Linux)"}
@@ -60,6 +61,7 @@ def main():
     args = ap.parse_args()
     n, per = args.events, args.per_file
     raw = b"x" * 100
+    bare = build_bare.load()
 
     def fresh():
         return tempfile.mkdtemp(prefix="tq-limits-", dir=args.dir)
@@ -70,15 +72,15 @@ def main():
     def bare_p():
         root = fresh()
         try:
-            return _core._bare_produce(os.path.join(root, "q"), raw, n, per)
+            return bare.produce(os.path.join(root, "q"), raw, n, per)
         finally:
             shutil.rmtree(root)
 
     def bare_c():
         root = fresh()
         try:
-            _core._bare_produce(os.path.join(root, "q"), raw, n, per)
-            return _core._bare_consume(os.path.join(root, "q"))[1]
+            bare.produce(os.path.join(root, "q"), raw, n, per)
+            return bare.consume(os.path.join(root, "q"))[1]
         finally:
             shutil.rmtree(root)
 

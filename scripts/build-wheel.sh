@@ -32,7 +32,7 @@ wheel=$(ls "$out"/turbo_queue-*manylinux*.whl)
 grep -q "consistent with the following platform tag" "$work/show.txt"
 # List to a file first: `grep -q` in a pipe can close it early, and pipefail would call that failure.
 unzip -l "$wheel" > "$work/contents.txt"
-if grep -E '\.(c|pyx|pxd|h)$' "$work/contents.txt"; then echo "C sources in the wheel" >&2; exit 1; fi
+if grep -E '\.(c|pyx|pxi|pxd|h)$' "$work/contents.txt"; then echo "C sources in the wheel" >&2; exit 1; fi
 grep -q 'turbo_queue.libs/libsqlite3' "$work/contents.txt" || { echo "SQLite is not bundled" >&2; exit 1; }
 
 echo "== fresh virtual environment"

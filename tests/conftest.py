@@ -26,7 +26,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_report_header(config):
     return (f"turbo_queue {turbo_queue.__version__} from {turbo_queue.__file__}, SQLite "
-            f"{turbo_queue.SQLITE_VERSION}, batches built in {turbo_queue._core._batch_build()}")
+            f"{turbo_queue.SQLITE_VERSION}, batches built in {turbo_queue._core.batch_build()}")
 
 
 @pytest.fixture(params=["memory", "file"])
@@ -35,12 +35,12 @@ def batch_build(request, monkeypatch):
     this process and in the processes it starts."""
     from turbo_queue import _core
 
-    if request.param == "memory" and not _core._MEMDB_AVAILABLE:
+    if request.param == "memory" and not _core.MEMDB_AVAILABLE:
         pytest.skip(f"SQLite {turbo_queue.SQLITE_VERSION} has no memdb VFS: batches are built in files")
-    previous = _core._set_batch_build(request.param)
+    previous = _core.set_batch_build(request.param)
     monkeypatch.setenv("TURBO_QUEUE_BATCH_BUILD", request.param)
     yield request.param
-    _core._set_batch_build(previous)
+    _core.set_batch_build(previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

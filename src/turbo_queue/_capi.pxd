@@ -1,6 +1,6 @@
+# The C functions the core calls: the part of the SQLite C API it uses, and the POSIX helpers of _tq_os.h.
 # cython: language_level=3
-# The C functions _core.pyx calls: the part of the SQLite C API it uses, and the POSIX helpers
-# of _tq_os.h. Everything here is callable without the GIL.
+# Everything here is callable without the GIL.
 
 from libc.stdint cimport int64_t
 

@@ -1,20 +1,19 @@
-"""Read-only views of queue folders, for the command line and monitoring: nothing here writes."""
+"""Read-only views of queue folders, for the command line and monitoring: nothing here writes.
+
+Names are read with the protocol's parse_name() and batches through the core's own SQLite
+(read_batch, count_batch_rows), so that what the tools show is what producers and consumers see.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
-from urllib.parse import quote
 
-from turbo_queue._core import events_in_name
-
-_OWNER_SUFFIX = re.compile(r"_([0-9a-f]{12})$")
-_EPOCH = re.compile(r"^(?:ready|chosen|loading|load|unload)_(\d+)_")
-STATES = ("loading", "ready", "chosen", "invalid")
+from turbo_queue._core import STATES, BatchName, count_batch_rows, owner_lock_name, parse_name, read_batch
+from turbo_queue.errors import SQLiteError
 
 
 @dataclass
@@ -36,30 +35,32 @@ class QueueStats:
                 "batches_held_per_consumer": dict(self.held_by), "dead_holders": list(self.dead_holders)}
 
 
-def count_rows(path: str) -> int:
-    """Rows of a batch, read-only (for names that do not carry their count)."""
-    import sqlite3  # only here: importing turbo_queue must not load the system's SQLite
-
+def events_in_batch(folder: str, b: BatchName) -> int:
+    """Events in a ready_ batch: from its name when it carries the count (ours do), else counted
+    (0 when it cannot be read: a consumer will quarantine it)."""
+    if b.events is not None:
+        return int(b.events)
     try:
-        con = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
-        try:
-            return int(con.execute("SELECT count(*) FROM logs").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
+        return int(count_batch_rows(os.path.join(folder, b.name)))
+    except (SQLiteError, OSError):
         return 0
 
 
-def events_in_batch(folder: str, name: str) -> int:
-    """Events in a ready_ batch: from its name when it carries the count (ours do), else counted."""
-    n = events_in_name(name)
-    return n if n is not None else count_rows(os.path.join(folder, name))
+def ready_batches(folder: str) -> list[BatchName]:
+    """The ready_ batches of a folder, oldest first."""
+    found = (parse_name(name) for name in os.listdir(folder))
+    return sorted((b for b in found if b is not None and b.state == "ready"), key=lambda b: b.name)
+
+
+def events_ready(folder: str) -> int:
+    """Events in the ready_ batches of a folder."""
+    return sum(events_in_batch(folder, b) for b in ready_batches(folder))
 
 
 def owner_alive(folder: str, token: str) -> bool | None:
     """True/False when the owner lock says so, None when there is no lock file. Read-only: a shared
     lock taken and dropped at once, never created."""
-    path = os.path.join(folder, f".owner_{token}.lock")
+    path = os.path.join(folder, owner_lock_name(token))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -78,24 +79,17 @@ def queue_stats(folder: str, now: float | None = None) -> QueueStats:
     stats = QueueStats(name=os.path.basename(os.path.normpath(folder)), path=folder)
     oldest = None
     for name in sorted(os.listdir(folder)):
-        if name.endswith(("-journal", "-wal", "-shm")) or name.startswith("."):
+        b = parse_name(name)
+        if b is None:
             continue
-        state = name.split("_", 1)[0]
-        state = {"load": "loading", "unload": "chosen"}.get(state, state)
-        if state not in STATES:
-            continue
-        if state == "ready" and name.endswith("_temp_hold"):
-            state = "chosen"  # the pure-Python version's claim in progress
-        stats.files[state] += 1
-        if state == "ready":
+        stats.files[b.state] += 1
+        if b.state == "ready":
             stats.ready_names.append(name)
-            stats.events_waiting += events_in_batch(folder, name)
-            m = _EPOCH.match(name)
-            if m and (oldest is None or int(m.group(1)) < oldest):
-                oldest = int(m.group(1))
-        elif state == "chosen":
-            m = _OWNER_SUFFIX.search(name)
-            holder = m.group(1) if m else "(pure-Python consumer)"
+            stats.events_waiting += events_in_batch(folder, b)
+            if b.epoch is not None and (oldest is None or b.epoch < oldest):
+                oldest = b.epoch
+        elif b.state == "chosen":
+            holder = b.owner if b.owner is not None else "(pure-Python consumer)"
             stats.held_by[holder] = stats.held_by.get(holder, 0) + 1
     for holder in stats.held_by:
         if not holder.startswith("(") and owner_alive(folder, holder) is not True:
@@ -120,25 +114,13 @@ def queue_folders(root: str, queue: str | None = None) -> list[str]:
 
 def peek_rows(folder: str, limit: int) -> Iterator[bytes]:
     """The stored values of the oldest ready batches, without claiming or changing anything."""
-    import sqlite3
-
     left = limit
-    for name in queue_stats(folder).ready_names:
+    for b in ready_batches(folder):
         if left <= 0:
             return
         try:
-            con = sqlite3.connect(f"file:{quote(os.path.join(folder, name))}?mode=ro", uri=True)
-        except sqlite3.Error:
-            continue
-        try:
-            for (value,) in con.execute("SELECT log_data FROM logs LIMIT ?", (left,)):
-                left -= 1
-                if isinstance(value, str):
-                    value = value.encode()
-                elif not isinstance(value, bytes):
-                    value = repr(value).encode()  # numbers stored by the pure-Python version
-                yield value
-        except sqlite3.Error:
+            values = read_batch(os.path.join(folder, b.name), left)
+        except (SQLiteError, OSError):
             continue  # claimed and deleted meanwhile, or unreadable: a consumer will quarantine it
-        finally:
-            con.close()
+        left -= len(values)
+        yield from values

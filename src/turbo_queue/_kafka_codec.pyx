@@ -1,3 +1,4 @@
+# Packs confluent-kafka messages into queue events for ``turbo_queue.kafka`` (value_format "record").
 # cython: language_level=3, embedsignature=True, auto_pickle=False, autotestdict=False
 """Packs confluent-kafka messages into queue events for ``turbo_queue.kafka`` (value_format "record").
 

@@ -13,7 +13,7 @@ from multiprocessing import util as _mp_util
 from typing import Any, Iterable, Iterator, Literal, cast
 
 from turbo_queue._core import Dequeue, Enqueue
-from turbo_queue._folder import events_in_batch
+from turbo_queue._folder import events_ready
 
 _EMPTY = object()
 # Puts per second from which a batch keeps filling past `latency` (see Queue). Below it, a batch of
@@ -81,9 +81,6 @@ class Queue:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
         if type(latency) not in (int, float) or not 0 < latency < float("inf"):
             raise ValueError(f"turbo_queue: latency must be a number of seconds > 0, not {latency!r}")
-        if type(max_linger) not in (int, float) or not 0 <= max_linger < float("inf"):
-            raise ValueError(f"turbo_queue: max_linger must be a number of seconds >= 0 (0: never "
-                             f"linger), not {max_linger!r}")
         self._owner_pid = os.getpid()
         self._private = path is None
         folder = _private_folder() if path is None else os.fspath(path)
@@ -95,7 +92,7 @@ class Queue:
         # Validate every setting now, in the creating process, not on first use somewhere else.
         Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
                 serializer=serializer, max_events_per_file=max_events_per_file,
-                max_batch_age=latency, durability=durability)
+                max_batch_age=latency, durability=durability, max_linger=max_linger)
         self._reset()
         if self._private:
             # At exit (exitpriority < 0: after multiprocessing joined this process's children), or
@@ -144,9 +141,8 @@ class Queue:
                            queue_name=os.path.basename(self._folder), serializer=s["serializer"],
                            max_events_per_file=s["max_events_per_file"],
                            max_batch_age=s["latency"], max_ready_files=10**9,
-                           durability=s["durability"])
-        producer._busy_linger = s["max_linger"]
-        producer._fast_rate = FAST_PUTS
+                           durability=s["durability"], max_linger=s["max_linger"],
+                           linger_rate=FAST_PUTS)
         self._producer = producer
         self._handles.append(producer)
         return producer
@@ -154,8 +150,8 @@ class Queue:
     def _open_consumer(self) -> Dequeue:
         self._consumer = Dequeue(root_path=os.path.dirname(self._folder),
                                  queue_name=os.path.basename(self._folder),
-                                 serializer=self._settings["serializer"], wait_timeout=0)
-        self._consumer._keep_delivered = True
+                                 serializer=self._settings["serializer"], wait_timeout=0,
+                                 keep_delivered=True)
         self._handles.append(self._consumer)
         self._events = self._consumer.get(_EMPTY)
         return self._consumer
@@ -239,13 +235,9 @@ class Queue:
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise _queue.Empty
-            consumer.wait_timeout = min(left, 1.0)
-            try:
-                item = next(events)
-            finally:
-                consumer.wait_timeout = 0
-            if item is not _EMPTY:
-                return item
+            got = consumer.get_many(1, min(left, 1.0))
+            if got:
+                return got[0]
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -270,13 +262,9 @@ class Queue:
         not counted. Like multiprocessing.Queue.qsize(), it may be stale as soon as it returns."""
         total = self._producer.pending() if self._producer is not None else 0
         try:
-            names = os.listdir(self._folder)
+            return total + events_ready(self._folder)
         except FileNotFoundError:
             return total
-        for name in names:
-            if name.startswith("ready_") and name.endswith(".db"):
-                total += events_in_batch(self._folder, name)
-        return total
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -299,7 +287,7 @@ class Queue:
         if self._producer is not None:
             self._producer.close()
         if self._consumer is not None:
-            self._consumer._close_keeping_delivered()
+            self._consumer.close()
         self._events = None
 
     def join_thread(self) -> None:

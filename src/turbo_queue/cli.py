@@ -11,7 +11,7 @@ import time
 from typing import Any, Sequence
 
 from turbo_queue import _folder
-from turbo_queue._core import events_in_name
+from turbo_queue._core import STATES, decode_value, events_in_name
 
 
 def _rich() -> Any:
@@ -22,12 +22,6 @@ def _rich() -> Any:
     except ImportError:
         raise SystemExit("turbo-queue: this command needs rich: pip install 'turbo-queue[cli]'") from None
     return rich
-
-
-def _decode(value: bytes, serializer: str) -> Any:
-    from turbo_queue._core import _decode_value
-
-    return _decode_value(serializer, value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -47,8 +41,7 @@ def _fmt_age(age: float | None) -> str:
 
 def stats_table(rich: Any, snapshots: list[_folder.QueueStats], rates: dict[str, tuple[float, float]] | None = None) -> Any:
     table = rich.table.Table(title="turbo-queue", expand=False)
-    for col in ("queue", "loading", "ready", "chosen", "invalid", "events waiting", "oldest ready",
-                "held per consumer"):
+    for col in ("queue", *STATES, "events waiting", "oldest ready", "held per consumer"):
         table.add_column(col, justify="left" if col in ("queue", "held per consumer") else "right")
     if rates is not None:
         table.add_column("in/s", justify="right")
@@ -56,7 +49,7 @@ def stats_table(rich: Any, snapshots: list[_folder.QueueStats], rates: dict[str,
     for s in snapshots:
         held = ", ".join(f"{k}:{v}" + (" (dead)" if k in s.dead_holders else "")
                          for k, v in sorted(s.held_by.items())) or "-"
-        row = [s.name, *(str(s.files[k]) for k in _folder.STATES), f"{s.events_waiting:,}",
+        row = [s.name, *(str(s.files[k]) for k in STATES), f"{s.events_waiting:,}",
                _fmt_age(s.oldest_ready_age_s), held]
         if rates is not None:
             rin, rout = rates.get(s.path, (0.0, 0.0))
@@ -117,7 +110,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def cmd_peek(args: argparse.Namespace) -> int:
     (folder,) = _folder.queue_folders(args.root, args.queue)
     for value in _folder.peek_rows(folder, args.n):
-        print(json.dumps(_jsonable(_decode(value, args.serializer)), default=repr, ensure_ascii=False))
+        print(json.dumps(_jsonable(decode_value(args.serializer, value)), default=repr, ensure_ascii=False))
     return 0
 
 

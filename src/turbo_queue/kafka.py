@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -258,7 +259,8 @@ class KafkaSource(_Connector):
         self._queue = Enqueue(**self._queue_settings(), serializer=_STORED_AS[self.value_format],
                               max_events_per_file=self.turbo_queue_max_events_per_file,
                               max_ready_files=self.turbo_queue_max_ready_files,
-                              max_batch_age=float("inf"), durability=self.durability)
+                              # No age thread: _poll_once publishes by age, then commits.
+                              max_batch_age=math.inf, durability=self.durability)
         self._consumer = Consumer(conf)
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)

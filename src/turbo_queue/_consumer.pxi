@@ -1,0 +1,538 @@
+# The consumer: Dequeue claims the oldest ready batch, hands its events out one at a time or in lists,
+# waits on the folder when none is ready, reclaims batches of dead processes, and deletes a batch only
+# once every event of it was handed out and the next one asked for.
+
+cdef object _gc_isenabled = gc.isenabled
+cdef object _gc_disable = gc.disable
+cdef object _gc_enable = gc.enable
+
+# What _ensure_rows found.
+cdef enum Rows:
+    NOTHING_READY = 0     # no batch ready after waiting
+    ROWS_AVAILABLE = 1    # rows of the claimed batch at _pos
+    BATCH_EXHAUSTED = 2   # every row was handed out and auto_cleanup is off
+
+# How far the held batch was read.
+cdef enum Reading:
+    READING = 0        # rows may remain
+    READ_TO_END = 1    # every row was read into the chunk
+    READ_FAILED = 2    # reading stopped at an error (_read_error says which): quarantined at the end
+
+cdef class _Getter:
+    """The endless iterator returned by Dequeue.get()."""
+    cdef Dequeue _q
+    cdef object _empty
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._q._next(self._empty)
+
+    def send(self, value):
+        return self._q._next(self._empty)
+
+    def close(self):
+        pass
+
+
+cdef class Dequeue(_QueueBase):
+    """Reads events from the queue ``root_path/queue_name``, one claimed batch at a time, oldest
+    batch first.
+
+    ``get()`` returns an endless iterator: each ``next()`` gives the next event, or ``None`` when no
+    batch is ready (after waiting up to ``wait_timeout`` seconds, woken within milliseconds when one
+    is published). A batch file is deleted when the event after its last one is asked for, so a
+    consumer that dies mid-batch leaves it to be delivered again.
+    """
+    cdef readonly object proc_num
+    cdef bint _auto_cleanup
+    cdef double _wait_timeout
+    cdef double _reclaim_interval
+    cdef double _next_reclaim
+    cdef _Owner _owner
+    cdef int _watch_fd
+    cdef list _candidates
+    cdef Py_ssize_t _next_candidate
+    cdef sqlite3 *_db
+    cdef sqlite3_stmt *_sel
+    cdef bytes _path
+    cdef str _name
+    cdef bytes _rest
+    cdef bytes _batch_folder
+    cdef Reading _reading
+    cdef str _read_error
+    cdef _Chunk _chunk
+    cdef Py_ssize_t _pos
+    cdef long long _total_gets
+    cdef long long _total_batch
+    cdef bint _keep_delivered
+    cdef bint _busy
+
+    def __cinit__(self, *args, **kwargs):
+        self._owner = _Owner()
+        self._watch_fd = -1
+        self._candidates = []
+        self._auto_cleanup = True
+        self._wait_timeout = 0.1
+        self._reclaim_interval = 5.0
+        self._chunk.rows = <_Row *>malloc(CHUNK_ROWS * sizeof(_Row))
+        if self._chunk.rows == NULL:
+            raise MemoryError()
+
+    def __init__(self, proc_num=None, *, root_path=None, queue_name=None, serializer=None,
+                 auto_cleanup=None, wait_timeout=None, reclaim_interval=None, keep_delivered=None):
+        self.proc_num = proc_num
+        self._configure(dict(root_path=root_path, queue_name=queue_name, serializer=serializer,
+                             auto_cleanup=auto_cleanup, wait_timeout=wait_timeout,
+                             reclaim_interval=reclaim_interval, keep_delivered=keep_delivered))
+        _live.add(self)
+
+    def __dealloc__(self):
+        free(self._chunk.rows)
+        free(self._chunk.buf)
+        if self._sel != NULL:
+            sqlite3_finalize(self._sel)
+        if self._db != NULL:
+            sqlite3_close_v2(self._db)
+        if self._watch_fd >= 0:
+            close(self._watch_fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            logger.exception("turbo_queue: releasing the batch of a discarded dequeue failed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.roll_back()
+        self.close()
+
+    @property
+    def auto_cleanup(self):
+        """True (default): a batch is deleted when the event after its last one is asked for.
+        False: the consumer stays on an exhausted batch (yielding None) until clean_up()."""
+        return self._auto_cleanup
+
+    @auto_cleanup.setter
+    def auto_cleanup(self, value):
+        _check_bool("auto_cleanup", value)
+        self._auto_cleanup = value
+
+    @property
+    def keep_delivered(self):
+        """What close() does with a batch of which some events were handed out. False (default): it
+        goes back whole, and all its events are delivered again (at least once). True: the events
+        not yet handed out are written to a new batch that keeps its place in line and the old one
+        is deleted, so what was handed out is not delivered again (multiprocessing.Queue's
+        semantics); a crash in between duplicates them, never loses them."""
+        return self._keep_delivered
+
+    @keep_delivered.setter
+    def keep_delivered(self, value):
+        _check_bool("keep_delivered", value)
+        self._keep_delivered = value
+
+    @property
+    def wait_timeout(self):
+        """Seconds get() waits for a batch before yielding None (0 = do not wait)."""
+        return self._wait_timeout
+
+    @wait_timeout.setter
+    def wait_timeout(self, value):
+        if type(value) not in (int, float) or not value >= 0:
+            raise ValueError(f"turbo_queue: wait_timeout must be a number of seconds >= 0, not {value!r}")
+        self._wait_timeout = value
+
+    @property
+    def reclaim_interval(self):
+        """Seconds between checks for batches held by dead consumers or producers."""
+        return self._reclaim_interval
+
+    @reclaim_interval.setter
+    def reclaim_interval(self, value):
+        if type(value) not in (int, float) or not value > 0:
+            raise ValueError(f"turbo_queue: reclaim_interval must be a number of seconds > 0, not {value!r}")
+        self._reclaim_interval = value
+
+    @property
+    def batch_path(self):
+        """Path of the batch this consumer holds, or None."""
+        return os.fsdecode(self._path) if self._db != NULL else None
+
+    def get(self, empty=None):
+        """An endless iterator over events: next() returns the next event in order, or `empty`
+        (default None) when no batch is ready right now; the next next() looks again. Pass another
+        `empty` (any sentinel object) when None is itself a valid event."""
+        cdef _Getter g = _Getter.__new__(_Getter)
+        g._q = self
+        g._empty = empty
+        return g
+
+    def get_many(self, Py_ssize_t n, timeout=None):
+        """Up to n events of the current batch (never spanning two batches, so that a batch is
+        deleted only after every event of it was handed out and the next call is made). Returns []
+        when no batch is ready after waiting `timeout` seconds (default wait_timeout)."""
+        cdef double wait = self._wait_timeout if timeout is None else timeout
+        cdef list out = []
+        if n <= 0:
+            return out
+        if self._ensure_rows(wait) != ROWS_AVAILABLE:
+            return out
+        # Building a long list of new containers would run the cyclic GC over and over (it
+        # triggers on allocations, and every dict in the list stays alive): pause it meanwhile.
+        # Nothing here can make a reference cycle that needs it.
+        paused = n > 64 and _gc_isenabled()
+        if paused:
+            _gc_disable()
+        try:
+            self._take(out, n)
+        finally:
+            if paused:
+                _gc_enable()
+        return out
+
+    cdef int _take(self, list out, Py_ssize_t n) except -1:
+        cdef Py_ssize_t end
+        while len(out) < n:
+            end = min(self._chunk.nrows, self._pos + (n - len(out)))
+            while self._pos < end:
+                self._pos += 1
+                self._total_gets += 1
+                out.append(self._decode_row(&self._chunk.rows[self._pos - 1]))
+            if len(out) >= n or self._reading != READING:
+                break
+            self._fill()
+            if self._chunk.nrows == 0:
+                break
+        return 0
+
+    def get_batch(self, timeout=None):
+        """Every remaining event of the current (or next ready) batch, as a list; [] if none is
+        ready after waiting `timeout` seconds. The batch is deleted on the next call."""
+        return self.get_many(2 ** 62, timeout)
+
+    cdef object _next(self, object empty):
+        if self._pos < self._chunk.nrows:
+            self._pos += 1
+            self._total_gets += 1
+            return self._decode_row(&self._chunk.rows[self._pos - 1])
+        if self._ensure_rows(self._wait_timeout) != ROWS_AVAILABLE:
+            return empty
+        self._pos += 1
+        self._total_gets += 1
+        return self._decode_row(&self._chunk.rows[self._pos - 1])
+
+    cdef object _decode_row(self, _Row *r):
+        cdef int kind = r.kind
+        cdef bytes b
+        _crash_point("read")
+        if kind == SQLITE_BLOB or kind == SQLITE_TEXT:
+            b = PyBytes_FromStringAndSize(self._chunk.buf + r.offset, r.size)
+            try:
+                if self._ser == S_JSON:
+                    return _json_decode(b)
+                return _decode(self._ser, b, self._custom)
+            except Exception as e:
+                raise DecodeError(
+                    f"turbo_queue: event {self._total_gets} of {self.batch_path} cannot be decoded "
+                    f"with serializer {self._serializer!r}: {e}. It was skipped; the rest of the "
+                    f"batch follows.") from e
+        # Values the pure-Python package stored through the json column's NUMERIC affinity.
+        if kind == SQLITE_INTEGER:
+            value = r.ival
+        elif kind == SQLITE_FLOAT:
+            value = r.dval
+        else:
+            return None
+        if self._ser == S_JSON:
+            return value
+        return _decode(self._ser, repr(value).encode(), self._custom)
+
+    cdef int _enter(self) except -1:
+        # A consumer is not shared between threads: its SQLite handle is used without a mutex and
+        # with the GIL released. Refuse a second thread cleanly instead of corrupting memory.
+        if self._busy:
+            raise RuntimeError("turbo_queue: this dequeue is in use by another thread; give each "
+                               "thread its own dequeue, or lock around it")
+        self._busy = True
+        return 0
+
+    cdef Rows _ensure_rows(self, double timeout) except *:
+        """Make rows of a claimed batch available, claiming the next batch (waiting up to `timeout`
+        for one) when the held one is used up."""
+        self._enter()
+        try:
+            return self._ensure_rows_entered(timeout)
+        finally:
+            self._busy = False
+
+    cdef Rows _ensure_rows_entered(self, double timeout) except *:
+        cdef double deadline = -1.0, left
+        while True:
+            if self._pos < self._chunk.nrows:
+                return ROWS_AVAILABLE
+            if self._db != NULL:
+                if self._reading == READING:
+                    self._fill()
+                    continue
+                if not self._auto_cleanup:
+                    return BATCH_EXHAUSTED
+                self._finish_batch()
+            if self._claim():
+                continue
+            # Nothing ready: sleep until a file lands in the folder (any file: look again, and
+            # sleep on for what is left of the timeout if it was not a ready batch).
+            if deadline < 0:
+                deadline = tq_now() + timeout
+            left = deadline - tq_now()
+            if left <= 0:
+                return NOTHING_READY
+            self._wait(left)
+
+    cdef bint _all_handed_out(self):
+        return self._reading != READING and self._pos >= self._chunk.nrows
+
+    cdef int _fill(self) except -1:
+        cdef int rc
+        with nogil:
+            rc = _read_chunk(self._sel, &self._chunk)
+        self._pos = 0
+        if rc == SQLITE_ROW:
+            return 0
+        if rc == -1:
+            self._reading = READ_FAILED
+            raise MemoryError(f"turbo_queue: out of memory reading {self.batch_path}")
+        if rc == SQLITE_DONE:
+            self._reading = READ_TO_END
+            return 0
+        self._reading = READ_FAILED
+        self._read_error = (sqlite3_errmsg(self._db).decode("utf-8", "replace")
+                            + f" (SQLite code {rc}) after {self._total_gets} events")
+        return 0
+
+    cdef bint _claim(self) except -1:
+        """Claim the oldest ready batch with one rename. True if one was claimed."""
+        cdef bytes folder = self._folder()
+        cdef bytes name, rest, chosen
+        cdef int err = 0
+        cdef Moved moved
+        cdef bint rescanned = False
+        _ensure_exit_hook()
+        self._owner.acquire(folder)
+        if self._watch_fd == -1:
+            # Watch before scanning, so that a batch published between the scan and the wait wakes us.
+            self._watch_fd = tq_watch_open(folder)
+            if self._watch_fd < 0:
+                self._watch_fd = -2
+        self._maybe_reclaim(folder)
+        while True:
+            if self._next_candidate >= len(self._candidates):
+                if rescanned:
+                    return False
+                self._candidates = scan_ready(folder)
+                self._next_candidate = 0
+                rescanned = True
+                continue
+            name = <bytes>self._candidates[self._next_candidate]
+            self._next_candidate += 1
+            rest = _rest_of_ready(name)
+            chosen = _chosen_path(folder, rest, self._owner.token.encode())
+            moved = claim_batch(folder + name, chosen, &err)
+            if moved == GONE:  # another consumer was first
+                continue
+            if moved != MOVED:
+                raise os_error(err, "claim batch", folder + name)
+            self._batch_folder = folder
+            _crash_point("claim")
+            if self._open_batch(chosen, rest):
+                self._total_batch += 1
+                return True
+
+    cdef bint _open_batch(self, bytes path, bytes rest) except -1:
+        """Open a claimed batch for reading. False when it is not a readable batch: it was
+        quarantined."""
+        cdef sqlite3 *db = NULL
+        cdef sqlite3_stmt *sel = NULL
+        cdef const char *p = path
+        cdef int rc, sys_err = 0
+        with nogil:
+            rc = _open_for_reading(p, &db, &sel)
+            if rc != SQLITE_OK:
+                sys_err = tq_write_errno(sqlite3_system_errno(db)) if db != NULL else 0
+        if rc == SQLITE_OK:
+            self._db, self._sel, self._path, self._rest = db, sel, path, rest
+            self._name = os.fsdecode(os.path.basename(path))
+            self._reading = READING
+            self._read_error = None
+            self._chunk.nrows = 0
+            self._pos = 0
+            return True
+        detail = (sqlite3_errmsg(db) if db != NULL else sqlite3_errstr(rc)).decode("utf-8", "replace")
+        if sqlite_fault(rc) == FAULT_ENVIRONMENT:
+            # Not the file's fault: give the batch back and report.
+            error = sqlite_error(rc, db, sys_err, "open batch", path)
+            sqlite3_close_v2(db)
+            self._path, self._rest, self._db = path, rest, NULL
+            self._give_back()
+            raise error
+        sqlite3_close_v2(db)
+        quarantine(self._batch_folder, os.fsdecode(os.path.basename(path)), detail)
+        return False
+
+    cdef int _close_batch(self) except -1:
+        sqlite3_finalize(self._sel)
+        sqlite3_close_v2(self._db)
+        self._sel = NULL
+        self._db = NULL
+        self._chunk.nrows = 0
+        self._pos = 0
+        return 0
+
+    cdef int _finish_batch(self) except -1:
+        """Every event was handed out and the next one asked for: delete the batch."""
+        cdef int err = 0
+        cdef Moved moved
+        self._close_batch()
+        if self._reading == READ_FAILED:
+            quarantine(self._batch_folder, self._name, self._read_error)
+            return 0
+        _crash_point("delete")
+        moved = finish_batch(self._path, &err)
+        if moved == GONE:
+            logger.warning("turbo_queue: batch %s vanished while held by this consumer (was "
+                           "its owner lock file removed?)", os.fsdecode(self._path))
+        elif moved != MOVED:
+            raise os_error(err, "delete finished batch", self._path)
+        return 0
+
+    cdef int _give_back(self) except -1:
+        """Return the held batch to ready_ under its original name, so it keeps its place."""
+        cdef int err = 0
+        if self._db != NULL:
+            self._close_batch()
+        if give_back_batch(self._path, _ready_path(self._batch_folder, self._rest), &err) == FAILED:
+            raise os_error(err, "return batch to the queue", self._path)
+        return 0
+
+    cdef int _wait(self, double timeout) except -1:
+        cdef int fd = self._watch_fd
+        cdef double deadline, step = 0.001
+        if fd >= 0:
+            with nogil:
+                wait_for_ready(fd, timeout)
+            return 0
+        # No inotify on this platform: poll the folder with a growing interval (at most 10 ms).
+        folder = self._folder()
+        deadline = tq_now() + timeout
+        while True:
+            with nogil:
+                tq_sleep(min(step, deadline - tq_now()))
+            if count_ready(folder, False) != 0 or tq_now() >= deadline:
+                return 0
+            step = min(step * 2, 0.01)
+
+    cdef int _maybe_reclaim(self, bytes folder) except -1:
+        cdef double now = tq_now()
+        if now < self._next_reclaim:
+            return 0
+        self._next_reclaim = now + self._reclaim_interval
+        counts = recover_folder(os.fsdecode(folder), legacy=False)
+        if counts["published"] or counts["quarantined"]:
+            self._candidates = []
+            logger.warning("turbo_queue: reclaimed batches of dead processes in %s: %s",
+                           os.fsdecode(folder), counts)
+        return 0
+
+    def clean_up(self):
+        """Delete the current batch now (as when its last event was handed out). Events of it not yet
+        handed out are dropped. Does nothing when no batch is held."""
+        if self._busy:
+            self._enter()  # raises: another thread is in the middle of a call
+        if self._db == NULL:
+            return
+        if not self._all_handed_out():
+            logger.warning("turbo_queue: clean_up() dropped %s before all its events were read",
+                           self.batch_path)
+        self._finish_batch()
+
+    def roll_back(self):
+        """Give the current batch back to the queue unfinished, under its original name so it keeps
+        its place; every event of it will be delivered again. Returns False if no batch was held."""
+        if self._busy:
+            self._enter()
+        if self._db == NULL:
+            return False
+        self._give_back()
+        return True
+
+    def close(self):
+        """Release the held batch and this consumer's files. Idempotent. A batch whose every event
+        was handed out is deleted; one partly handed out is given back whole, or with
+        keep_delivered only its events not yet handed out are."""
+        if self._busy:
+            self._enter()
+        if self._db != NULL:
+            if self._all_handed_out() and self._auto_cleanup:
+                self._finish_batch()
+            elif self._keep_delivered:
+                self._requeue_rest()
+            else:
+                self._give_back()
+        self._release()
+
+    cdef int _release(self) except -1:
+        self._owner.release()
+        if self._watch_fd >= 0:
+            close(self._watch_fd)
+        self._watch_fd = -1
+        return 0
+
+    cdef int _requeue_rest(self) except -1:
+        """Write the held batch's events not yet handed out to a new batch that keeps its place in
+        line, then delete it. A crash in between duplicates them, never loses them."""
+        cdef list rest = []
+        cdef Py_ssize_t i
+        cdef Enqueue writer
+        while True:
+            for i in range(self._pos, self._chunk.nrows):
+                rest.append(_stored_bytes(&self._chunk.rows[i], self._chunk.buf))
+            self._pos = self._chunk.nrows
+            if self._reading != READING:
+                break
+            self._fill()
+        if rest and self._reading != READ_FAILED:
+            folder = os.fsdecode(self._batch_folder[:-1])
+            writer = Enqueue(root_path=os.path.dirname(folder), queue_name=os.path.basename(folder),
+                             serializer="raw", max_events_per_file=len(rest) + 1)
+            writer.republish(rest, _ns_of_rest(os.fsdecode(self._rest)))
+            writer.close()
+        self._finish_batch()
+        return 0
+
+    def total_gets(self):
+        """Events handed out so far."""
+        return self._total_gets
+
+    def total_batch(self):
+        """Batches claimed so far."""
+        return self._total_batch
+
+    cdef void after_fork_in_child(self) noexcept:
+        # The held batch, the inotify descriptor and the lock belong to the parent.
+        if self._sel != NULL:
+            sqlite3_finalize(self._sel)
+        if self._db != NULL:
+            sqlite3_close_v2(self._db)
+        self._sel = NULL
+        self._db = NULL
+        self._chunk.nrows = 0
+        self._pos = 0
+        if self._watch_fd >= 0:
+            close(self._watch_fd)
+        self._watch_fd = -1
+        self._owner.forget()

@@ -1,0 +1,44 @@
+# Process life: every live producer and consumer is closed when its process exits, and forgets the
+# parent's files in a forked child.
+
+_live = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for obj in list(_live):
+        if isinstance(obj, Enqueue):
+            (<Enqueue>obj).after_fork_in_child()
+        elif isinstance(obj, Dequeue):
+            (<Dequeue>obj).after_fork_in_child()
+
+
+def _close_all_at_exit():
+    for obj in list(_live):
+        try:
+            obj.close()
+        except Exception:
+            logger.exception("turbo_queue: closing %r at exit failed", obj)
+
+
+cdef long _exit_hook_pid = 0
+
+
+cdef int _ensure_exit_hook() except -1:
+    """Close every live producer and consumer when this process exits: through atexit, and, in a
+    process that multiprocessing started (it leaves with os._exit, skipping atexit), through
+    multiprocessing's exit function. A process without multiprocessing loaded is no such child,
+    so multiprocessing is not imported for it."""
+    global _exit_hook_pid
+    cdef long pid = os.getpid()
+    if pid != _exit_hook_pid:
+        util = sys.modules.get("multiprocessing.util")
+        if util is None:
+            return 0
+        _exit_hook_pid = pid
+        util.Finalize(None, _close_all_at_exit, exitpriority=100)
+    return 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,291 @@
+# The batch-folder protocol: the only code that spells the names of a queue folder (every state, the
+# pure-Python package's names, owner locks) and that moves a batch from one state to the next.
+#
+#   loading_<s>_<ns>-<owner>.db -> ready_<s>_<ns>-<owner>-n<events>.db -> chosen_<rest>_<owner> -> deleted
+#   any unreadable batch -> invalid_<name>
+#
+# <s>_<ns> is the creation time (seconds, then nanoseconds in 9 digits): sorting names sorts batches
+# oldest first, one producer's in publish order. <owner> is the 12-hex-digit token of the process
+# that holds the batch, whose flock()ed .owner_<owner>.lock says whether it lives. The transitions
+# return a Moved code and leave errno in *err; callers turn a failure into an exception with
+# os_error() (the errors unit). docs/design.md says who may make which move, and where it can crash.
+
+# -- States: the prefixes, spelled here and nowhere else -------------------------------------------
+
+STATE_PREFIXES = {"loading": "loading_", "ready": "ready_", "chosen": "chosen_", "invalid": "invalid_"}
+# What parse_name() can answer: the states above and "legacy", a name of an older pure-Python
+# version (load_, unload_, avail_, assigned_, or 0.5.2's ready_<rest>_temp_hold claim in
+# progress), which only startup recovery (recover_folder(legacy=True)) returns to ready_.
+STATES = ("loading", "ready", "chosen", "invalid", "legacy")
+_LEGACY_PREFIXES = ("load_", "unload_", "avail_", "assigned_")
+_LEGACY_CLAIM_SUFFIX = "_temp_hold"
+# SQLite's side files go with their batch, never on their own.
+_SIDE_FILE_SUFFIXES = ("-journal", "-wal", "-shm")
+
+cdef bytes LOADING_B = b"loading_"
+cdef bytes READY_B = b"ready_"
+cdef bytes CHOSEN_B = b"chosen_"
+cdef bytes BATCH_SUFFIX_B = b".db"
+cdef bytes OWNER_LOCK_B = b".owner_"
+cdef bytes OWNER_LOCK_SUFFIX_B = b".lock"
+
+# The rest of a name we write (after the state prefix): <s>_<ns>-<owner>.db while loading, then with
+# -n<events> before .db once published; chosen_ adds _<owner of the claim>.
+_OWN_BATCH = re.compile(r"^(\d+_\d{9}-([0-9a-f]{12})\.db)$")
+_OWN_CHOSEN = re.compile(r"^(\d+_.+\.db)_([0-9a-f]{12})$")
+_BATCH_REST = re.compile(r"^\d+_.+\.db$")
+_EVENT_COUNT = re.compile(r"-n(\d+)\.db$")
+_EPOCH = re.compile(r"^(\d+)_")
+
+
+cdef class BatchName:
+    """What a file name in a queue folder says: `state` (one of STATES), `rest` (the name after its
+    state prefix, as `<epoch>_<id>.db`), `owner` (the token of the process that holds it, or None for
+    names of the pure-Python package), `events` (the event count a published name carries, or None)
+    and `epoch` (its creation time in seconds, or None)."""
+    cdef readonly str name, state, rest
+    cdef readonly object owner, events, epoch
+
+    def __repr__(self):
+        return f"BatchName({self.name!r}, state={self.state!r}, owner={self.owner!r}, events={self.events!r})"
+
+
+cdef BatchName _batch_name(str name, str state, str rest, object owner):
+    cdef BatchName b = BatchName.__new__(BatchName)
+    b.name, b.state, b.rest, b.owner = name, state, rest, owner
+    m = _EVENT_COUNT.search(rest) if state == "ready" else None
+    b.events = int(m.group(1)) if m else None
+    m = _EPOCH.match(rest)
+    b.epoch = int(m.group(1)) if m else None
+    return b
+
+
+def parse_name(name):
+    """The BatchName of a file name of a queue folder, or None for a name that is no batch (owner
+    locks, SQLite's side files, anything else)."""
+    name = os.fsdecode(name)
+    if name.startswith(".") or name.endswith(_SIDE_FILE_SUFFIXES):
+        return None
+    if name.startswith("loading_"):
+        rest = name[8:]
+        m = _OWN_BATCH.match(rest)
+        return _batch_name(name, "loading", rest, m.group(2) if m else None)
+    if name.startswith("ready_"):
+        if name.endswith(_LEGACY_CLAIM_SUFFIX):
+            return _batch_name(name, "legacy", name[6:-len(_LEGACY_CLAIM_SUFFIX)], None)
+        if not name.endswith(".db"):
+            return None
+        return _batch_name(name, "ready", name[6:], None)
+    if name.startswith("chosen_"):
+        rest = name[7:]
+        m = _OWN_CHOSEN.match(rest)
+        if m:
+            return _batch_name(name, "chosen", m.group(1), m.group(2))
+        return _batch_name(name, "chosen", rest, None)
+    if name.startswith("invalid_"):
+        return _batch_name(name, "invalid", name[8:], None)
+    for prefix in _LEGACY_PREFIXES:
+        if name.startswith(prefix):
+            return _batch_name(name, "legacy", name[len(prefix):], None)
+    return None
+
+
+def events_in_name(name):
+    """The event count a ready_ name carries (ours do), or None."""
+    m = _EVENT_COUNT.search(os.fsdecode(name))
+    return int(m.group(1)) if m else None
+
+
+def owner_lock_name(str token):
+    """The name of the lock file that the process with this owner token holds while it lives."""
+    return (OWNER_LOCK_B + token.encode() + OWNER_LOCK_SUFFIX_B).decode()
+
+
+cdef inline bytes _owner_lock_path(bytes folder, str token):
+    return folder + OWNER_LOCK_B + token.encode() + OWNER_LOCK_SUFFIX_B
+
+
+# -- Names we build ---------------------------------------------------------------------------------
+
+cdef bytes _new_batch_rest(int64_t ns, str token):
+    """`<s>_<ns>-<owner>.db`: the name of a new batch after its state prefix."""
+    return f"{ns // 1000000000}_{ns % 1000000000:09d}-{token}.db".encode()
+
+
+cdef inline bytes _loading_path(bytes folder, bytes rest):
+    return folder + LOADING_B + rest
+
+
+cdef inline bytes _published_path(bytes folder, bytes rest, Py_ssize_t events):
+    # The event count in the name lets anyone see how many events wait without opening a file.
+    return folder + READY_B + rest[:-3] + b"-n%d.db" % events
+
+
+cdef inline bytes _ready_path(bytes folder, bytes rest):
+    return folder + READY_B + rest
+
+
+cdef inline bytes _chosen_path(bytes folder, bytes rest, bytes token):
+    return folder + CHOSEN_B + rest + b"_" + token
+
+
+cdef inline bytes _rest_of_ready(bytes name):
+    return name[6:]
+
+
+cdef int64_t _ns_of_rest(str rest):
+    """The creation time (ns) a batch name carries, or 0: a batch written to keep another's place in
+    line takes its time."""
+    m = re.match(r"^(\d+)_(\d{9})", rest)
+    return int(m.group(1)) * 1000000000 + int(m.group(2)) if m else 0
+
+
+cdef str _recovered_rest(str rest, str state, Py_ssize_t events):
+    """The rest of the ready_ name a recovered batch is published under."""
+    if not _BATCH_REST.match(rest):  # a name that orders nowhere: it goes last, as new
+        return f"{int(time.time())}_{secrets.token_hex(8)}.db"
+    if state == "loading" and _OWN_BATCH.match(rest):
+        return f"{rest[:-3]}-n{events}.db"
+    return rest
+
+
+cdef bint _is_own_loading(str rest):
+    return _OWN_BATCH.match(rest) is not None
+
+
+# -- Transitions --------------------------------------------------------------------------------------
+
+cdef enum Moved:
+    MOVED = 0    # done
+    GONE = 1     # the source is not there: another process moved it first, or it was removed
+    TAKEN = 2    # the target exists (moves that must not replace)
+    FAILED = 3   # *err says why
+
+
+cdef Moved _move(bytes src, bytes dst, bint replace, int *err) noexcept:
+    cdef const char *s = src
+    cdef const char *d = dst
+    cdef int rc
+    with nogil:
+        rc = rename(s, d) if replace else tq_rename_noreplace(s, d)
+        err[0] = errno
+    if rc == 0:
+        return MOVED
+    if err[0] == ENOENT:
+        return GONE
+    return TAKEN if err[0] == EEXIST else FAILED
+
+
+cdef inline Moved publish_batch(bytes loading, bytes ready, int *err) noexcept:
+    """loading_ -> ready_: the batch is complete and closed, and safe from here on."""
+    return _move(loading, ready, True, err)
+
+
+cdef inline Moved claim_batch(bytes ready, bytes chosen, int *err) noexcept:
+    """ready_ -> chosen_: of the consumers renaming one batch, exactly one gets MOVED."""
+    return _move(ready, chosen, True, err)
+
+
+cdef inline Moved give_back_batch(bytes chosen, bytes ready, int *err) noexcept:
+    """chosen_ -> ready_ under its original name, so that it keeps its place in line."""
+    return _move(chosen, ready, False, err)
+
+
+cdef Moved finish_batch(bytes chosen, int *err) noexcept:
+    """Delete a batch whose every event was handed out."""
+    cdef const char *p = chosen
+    cdef int rc
+    with nogil:
+        rc = unlink(p)
+        err[0] = errno
+    if rc == 0:
+        return MOVED
+    return GONE if err[0] == ENOENT else FAILED
+
+
+cdef str quarantine(bytes folder, str name, str reason):
+    """Rename a batch that cannot be read to invalid_<name> and log why; never delete it. Returns
+    the new name, or None if the file was gone."""
+    cdef bytes src = folder + os.fsencode(name)
+    cdef str target = "invalid_" + name
+    cdef int err = 0
+    cdef Moved moved
+    for attempt in range(100):
+        moved = _move(src, folder + os.fsencode(target), False, &err)
+        if moved == MOVED:
+            logger.error("turbo_queue: quarantined %s as %s: %s. Its events were not delivered; "
+                         "inspect it with the sqlite3 tool, or delete it.", os.fsdecode(src),
+                         target, reason)
+            return target
+        if moved == GONE:
+            return None
+        if moved == FAILED:
+            raise os_error(err, "quarantine unreadable batch", src)
+        target = f"invalid_{attempt}_{name}"
+    raise os_error(EEXIST, "quarantine unreadable batch", src)
+
+
+cdef str publish_leftover(bytes folder, str name, str rest, str state, Py_ssize_t events):
+    """Recovery's move: a leftover batch of a dead process -> ready_, never replacing another batch.
+    Returns "published" or "gone"."""
+    cdef bytes src = folder + os.fsencode(name)
+    cdef bytes dst
+    cdef int err = 0
+    cdef Moved moved
+    rest = _recovered_rest(rest, state, events)
+    _crash_point("recover")
+    for attempt in range(100):
+        dst = folder + os.fsencode("ready_" + rest)
+        moved = _move(src, dst, False, &err)
+        if moved == MOVED:
+            logger.info("turbo_queue: recovered %s (%d events) as %s", os.fsdecode(src), events,
+                        "ready_" + rest)
+            return "published"
+        if moved == GONE:
+            return "gone"
+        if moved == FAILED:
+            raise os_error(err, "publish recovered batch", src)
+        if os.path.samefile(src, dst):
+            # An earlier recovery died between link() and unlink(): the batch is already ready_.
+            os.unlink(src)
+            return "published"
+        rest = rest[:-3] + f"-r{attempt}.db"
+    raise os_error(EEXIST, "publish recovered batch", src)
+
+
+# -- Looking at the folder -----------------------------------------------------------------------------
+
+cdef list scan_ready(bytes folder):
+    """The ready_ batch names of `folder`, oldest first (listed and sorted in C, without the GIL)."""
+    cdef tq_names found
+    cdef int rc, err
+    cdef size_t i
+    cdef const char *cfolder = folder
+    with nogil:
+        rc = tq_scan(cfolder, b"ready_", b".db", 1, &found)
+        err = errno
+    if rc != 0:
+        raise os_error(err, "list the queue folder", folder)
+    try:
+        return [found.names[i] for i in range(found.count)]
+    finally:
+        tq_names_free(&found)
+
+
+cdef long count_ready(bytes folder, bint strict) except -2:
+    """ready_ batches in `folder`, counted in C with the GIL released. A folder that cannot be
+    listed raises when strict, else counts as -1."""
+    cdef const char *cfolder = folder
+    cdef long n
+    cdef int err
+    with nogil:
+        n = tq_count(cfolder, b"ready_", b".db")
+        err = errno
+    if n < 0 and strict:
+        raise os_error(err, "list the queue folder", folder)
+    return n
+
+
+cdef int wait_for_ready(int watch_fd, double timeout) noexcept nogil:
+    """Sleep on the folder's inotify watch until a ready_ name lands or `timeout` passes."""
+    return tq_watch_wait(watch_fd, timeout, b"ready_")
