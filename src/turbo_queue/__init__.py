@@ -3,6 +3,8 @@
 Drop-in for the pure-Python ``turbo-queue`` package: same classes, properties and files on disk.
 """
 
+from typing import TYPE_CHECKING
+
 from turbo_queue._core import (
     DURABILITY,
     SERIALIZERS,
@@ -12,7 +14,6 @@ from turbo_queue._core import (
     Startup,
     recover_folder,
 )
-from turbo_queue._mpqueue import Queue
 from turbo_queue.errors import (
     CorruptBatchError,
     DecodeError,
@@ -21,12 +22,26 @@ from turbo_queue.errors import (
     TurboQueueError,
 )
 
+if TYPE_CHECKING:
+    from turbo_queue._mpqueue import Queue
+
 # The pure-Python package's spellings (0.5) name the same classes as its 0.8 spellings.
 enqueue = Enqueue
 dequeue = Dequeue
 startup = Startup
 
 __version__ = "1.0.0.dev0"
+
+
+def __getattr__(name: str) -> object:
+    # Queue needs multiprocessing (and through it socket and subprocess): loaded on first use, so
+    # that a process that only produces and consumes never imports them.
+    if name == "Queue":
+        from turbo_queue._mpqueue import Queue
+
+        globals()["Queue"] = Queue
+        return Queue
+    raise AttributeError(f"module 'turbo_queue' has no attribute {name!r}")
 
 __all__ = [
     "DURABILITY",
