@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
     w.set_defaults(func=cmd_watch)
 
-    r = sub.add_parser("recover", help="return batches of dead processes to ready_ (startup cleanup)")
+    r = sub.add_parser("recover", help="return batches of dead processes to the queue (startup cleanup)")
     r.add_argument("root")
     r.add_argument("queue")
     r.add_argument("--json", action="store_true")
