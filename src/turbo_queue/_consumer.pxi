@@ -306,6 +306,7 @@ cdef class Dequeue(_QueueBase):
             return 0
         if rc == -1:
             self._reading = READ_FAILED
+            self._read_error = f"out of memory after {self._total_gets} events"
             raise MemoryError(f"turbo_queue: out of memory reading {self.batch_path}")
         if rc == SQLITE_DONE:
             self._reading = READ_TO_END

@@ -16,10 +16,8 @@ from turbo_queue._core import Dequeue, Enqueue
 from turbo_queue._folder import events_ready
 
 _EMPTY = object()
-# Puts per second from which a batch keeps filling past `latency` (see Queue). Below it, a batch of
-# a millisecond holds at most 100 events; at 2 us of CPU per event (put and get of a small dict) its
-# fixed cost of roughly 0.5 ms would be more than the events' own. Measured: 1 producer -> 4
-# consumers on 2 cores, 1.5x the throughput of publishing every `latency` (bench/queue_bench.py).
+# Puts per second from which a batch keeps filling past `latency` (see Queue): below it a batch's
+# fixed cost is a small share (docs/design.md has the arithmetic and the measurement).
 FAST_PUTS = 100_000
 _live: "weakref.WeakSet[Queue]" = weakref.WeakSet()
 

@@ -43,9 +43,8 @@ cdef class Enqueue(_QueueBase):
     cdef _Owner _owner
     cdef object _timer
     cdef object _wake
-    # When the age thread looks next (tq_now() clock, or NOT_SCHEDULED). A new batch
-    # wakes it only if the batch is due sooner: waking it (and handing it the GIL) for every batch
-    # cost about 10% of a producer's time at 1,000 events per batch.
+    # When the age thread looks next (tq_now() clock, or NOT_SCHEDULED). A new batch wakes it only
+    # if due sooner: waking it hands it the GIL (docs/design.md has the cost).
     cdef double _age_wake_at
     cdef bint _closed
     cdef bint _durable
