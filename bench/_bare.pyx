@@ -13,10 +13,11 @@ import time
 from turbo_queue.errors import CorruptBatchError, EventTooLargeError, SQLiteError
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport EACCES, EDQUOT, EEXIST, EIO, EMFILE, ENOENT, ENOSPC, EPERM, EROFS, errno
+from libc.errno cimport EACCES, EDQUOT, EEXIST, EIO, ELOOP, EMFILE, ENOENT, ENOSPC, ENXIO, EPERM, EROFS, errno
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
-from posix.unistd cimport close, unlink
+from libc.string cimport memcmp, memcpy, strcmp, strncmp
+from posix.stat cimport struct_stat
+from posix.unistd cimport close, pread, unlink
 from libc.stdio cimport rename
 
 from turbo_queue._capi cimport *
@@ -54,7 +55,7 @@ def produce(folder, bytes payload, Py_ssize_t n, Py_ssize_t per_file):
             db = NULL
             st = NULL
             if in_memory:
-                fd = tq_create_excl(cl)
+                fd = tq_create_locked(cl, 0o644, 0)
             rc = _create_batch_db(cl, in_memory, sql, &db, &buf, &cap) if fd >= 0 or not in_memory else SQLITE_CANTOPEN
             if rc == SQLITE_OK:
                 rc = sqlite3_prepare_v2(db, INSERT_ONE, -1, &st, NULL)

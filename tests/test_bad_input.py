@@ -65,7 +65,8 @@ def test_startup_cleanup_quarantines_unreadable_leftovers(tmp_path):
     (folder / "chosen_1700000000_garbage.db").write_bytes(b"\x00junk" * 1000)
     (folder / "loading_1700000000_empty.db").write_bytes(b"")  # a producer that died at once
     counts = turbo_queue.startup(root_path=str(tmp_path), queue_name="q").on_start_cleanup()
-    assert counts == {"published": 0, "empty": 1, "unfinished": 0, "quarantined": 1, "skipped_live": 0}
+    assert counts == {"published": 0, "empty": 1, "unfinished": 0, "quarantined": 1, "skipped_live": 0,
+                      "skipped_other": 0}
     assert batch_files(folder) == ["invalid_chosen_1700000000_garbage.db"]
 
 

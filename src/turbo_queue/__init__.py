@@ -17,6 +17,7 @@ from turbo_queue._core import (
 from turbo_queue.errors import (
     CorruptBatchError,
     DecodeError,
+    EncodeError,
     EventTooLargeError,
     SQLiteError,
     TurboQueueError,
@@ -49,6 +50,7 @@ __all__ = [
     "SQLITE_VERSION",
     "CorruptBatchError",
     "DecodeError",
+    "EncodeError",
     "Dequeue",
     "Enqueue",
     "EventTooLargeError",

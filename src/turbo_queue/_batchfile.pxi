@@ -87,7 +87,7 @@ cdef int _create_batch_db(const char *path, bint in_memory, const char *sql, sql
     if in_memory:
         rc = tq_open_memory_batch(db, buf, cap)
     else:
-        rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+        rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW,
                              FAST_VFS)
     if rc == SQLITE_OK:
         rc = sqlite3_exec(db[0], sql, NULL, NULL, NULL)
@@ -166,12 +166,74 @@ cdef int _read_chunk(sqlite3_stmt *st, _Chunk *c) noexcept nogil:
 
 
 
+cdef enum:
+    # The answer of the checks below for a file that is no batch: not SQLite, a WAL database, or
+    # another schema. Such a file is quarantined without SQLite ever writing to it or beside it.
+    NOT_A_BATCH = -100
+
+# Exactly one object, the table logs: no view, trigger, index or virtual table runs when a batch is
+# read. (A plain statement, checked in C: parsing an aggregate cost a one-event batch more.)
+cdef const char *SCHEMA_CHECK = b"SELECT name, sql FROM sqlite_master"
+
+
+cdef int _check_header(int fd) noexcept nogil:
+    """SQLITE_OK when the open file `fd` starts as an SQLite database in rollback-journal mode (a
+    batch never uses WAL, which would make SQLite create files beside it), else NOT_A_BATCH."""
+    cdef unsigned char head[100]
+    if pread(fd, head, 100, 0) != 100 or memcmp(head, b"SQLite format 3\0", 16) != 0:
+        return NOT_A_BATCH
+    # Bytes 18 and 19: the file format's write and read versions, 1 for rollback, 2 for WAL.
+    if head[18] != 1 or head[19] != 1:
+        return NOT_A_BATCH
+    return SQLITE_OK
+
+
+cdef int _check_schema(sqlite3 *db) noexcept nogil:
+    cdef sqlite3_stmt *st = NULL
+    cdef const char *name
+    cdef const char *sql
+    cdef int rc = sqlite3_prepare_v2(db, SCHEMA_CHECK, -1, &st, NULL)
+    if rc == SQLITE_OK:
+        rc = sqlite3_step(st)
+        if rc == SQLITE_ROW:
+            name = <const char *>sqlite3_column_text(st, 0)
+            sql = <const char *>sqlite3_column_text(st, 1)
+            rc = (SQLITE_OK if name != NULL and sql != NULL and strcmp(name, b"logs") == 0
+                  and strncmp(sql, b"CREATE TABLE ", 13) == 0 else NOT_A_BATCH)
+            if rc == SQLITE_OK and sqlite3_step(st) != SQLITE_DONE:
+                rc = NOT_A_BATCH  # another object beside it
+        elif rc == SQLITE_DONE:
+            rc = NOT_A_BATCH  # no table at all
+    sqlite3_finalize(st)
+    return rc
+
+
 cdef int _open_for_reading(const char *path, sqlite3 **db, sqlite3_stmt **sel) noexcept nogil:
-    """Open a batch read-only and prepare the statement that reads its rows in order. Returns an
-    SQLite code; *db is set even on failure, to be closed."""
-    cdef int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, FAST_VFS)
+    """Open a batch read-only, check its schema, and prepare the statement that reads its rows in
+    order. Returns an SQLite code or NOT_A_BATCH; *db is set even on failure, to be closed. Check
+    the file first (tq_open_regular, _check_header): SQLite opens it again by name."""
+    cdef int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW,
+                                  FAST_VFS)
+    if rc == SQLITE_OK:
+        rc = _check_schema(db[0])
     if rc == SQLITE_OK:
         rc = sqlite3_prepare_v2(db[0], SELECT_ALL, -1, sel, NULL)
+    return rc
+
+
+cdef int _open_checked(const char *path, sqlite3 **db, sqlite3_stmt **sel, int *sys_err) noexcept nogil:
+    """_open_for_reading for tools, which lock nothing: the file is checked first through a
+    descriptor of its own (no symlink followed, no FIFO opened by SQLite). TQ_NOT_REGULAR, or
+    TQ_ERROR with errno in *sys_err, when it cannot be opened at all."""
+    cdef struct_stat st
+    cdef int fd = tq_open_regular(path, 0, &st), rc
+    if fd < 0:
+        sys_err[0] = errno
+        return fd
+    rc = _check_header(fd)
+    close(fd)
+    if rc == SQLITE_OK:
+        rc = _open_for_reading(path, db, sel)
     return rc
 
 
@@ -206,7 +268,9 @@ def read_batch(path, Py_ssize_t limit=-1):
         raise MemoryError()
     try:
         with nogil:
-            rc = _open_for_reading(cp, &db, &sel)
+            rc = _open_checked(cp, &db, &sel, &sys_err)
+        if rc < 0:
+            raise _unreadable_batch(rc, sys_err, p)
         while rc == SQLITE_OK or rc == SQLITE_ROW:
             with nogil:
                 rc = _read_chunk(sel, &chunk)
@@ -232,22 +296,34 @@ def count_batch_rows(path):
     cdef bytes p = os.fsencode(path)
     cdef const char *cp = p
     cdef sqlite3 *db = NULL
+    cdef sqlite3_stmt *sel = NULL
     cdef sqlite3_stmt *st = NULL
     cdef int rc, sys_err = 0
     cdef long long n = 0
     with nogil:
-        rc = sqlite3_open_v2(cp, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, FAST_VFS)
+        rc = _open_checked(cp, &db, &sel, &sys_err)
         if rc == SQLITE_OK:
             rc = sqlite3_prepare_v2(db, b"SELECT count(*) FROM logs", -1, &st, NULL)
         if rc == SQLITE_OK:
             rc = sqlite3_step(st)
         if rc == SQLITE_ROW:
             n = sqlite3_column_int64(st, 0)
+    if rc < 0:
+        raise _unreadable_batch(rc, sys_err, p)
     try:
         if rc != SQLITE_ROW:
             sys_err = sqlite3_system_errno(db) if db != NULL else 0
             raise sqlite_error(rc, db, sys_err, "count the events of batch", p)
         return n
     finally:
+        sqlite3_finalize(sel)
         sqlite3_finalize(st)
         sqlite3_close_v2(db)
+
+
+cdef object _unreadable_batch(int rc, int sys_err, bytes path):
+    if rc == NOT_A_BATCH or rc == TQ_NOT_REGULAR or sys_err in (ELOOP, ENXIO):
+        return CorruptBatchError(f"turbo_queue: {os.fsdecode(path)} is not a batch (not a regular "
+                                 f"SQLite file in rollback mode with the one table logs)",
+                                 rc, os.fsdecode(path))
+    return os_error(sys_err, "open batch", path)

@@ -3,12 +3,14 @@
 # Everything here is callable without the GIL.
 
 from libc.stdint cimport int64_t
+from posix.stat cimport struct_stat
 
 
 cdef extern from "sqlite3.h" nogil:
     ctypedef struct sqlite3
     ctypedef struct sqlite3_stmt
-    ctypedef struct sqlite3_vfs
+    ctypedef struct sqlite3_vfs:
+        int mxPathname
     ctypedef void (*sqlite3_destructor_type)(void*)
     ctypedef long long sqlite3_int64
 
@@ -16,6 +18,7 @@ cdef extern from "sqlite3.h" nogil:
     int SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT
     int SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_TOOBIG, SQLITE_NOTADB
     int SQLITE_OPEN_READONLY, SQLITE_OPEN_READWRITE, SQLITE_OPEN_CREATE, SQLITE_OPEN_NOMUTEX
+    int SQLITE_OPEN_URI
     int SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB, SQLITE_NULL
     int SQLITE_LIMIT_LENGTH
     sqlite3_destructor_type SQLITE_STATIC
@@ -33,6 +36,7 @@ cdef extern from "sqlite3.h" nogil:
                           sqlite3_destructor_type destructor)
     int sqlite3_column_type(sqlite3_stmt *stmt, int col)
     const void *sqlite3_column_blob(sqlite3_stmt *stmt, int col)
+    const unsigned char *sqlite3_column_text(sqlite3_stmt *stmt, int col)
     int sqlite3_column_bytes(sqlite3_stmt *stmt, int col)
     int64_t sqlite3_column_int64(sqlite3_stmt *stmt, int col)
     double sqlite3_column_double(sqlite3_stmt *stmt, int col)
@@ -46,6 +50,7 @@ cdef extern from "sqlite3.h" nogil:
 
 
 cdef extern from "_tq_os.h" nogil:
+    int SQLITE_OPEN_NOFOLLOW  # 0 where SQLite is older than 3.31 (see _tq_os.h)
     ctypedef struct tq_names:
         char **names
         size_t count
@@ -55,7 +60,12 @@ cdef extern from "_tq_os.h" nogil:
     long tq_count(const char *dir, const char *prefix, const char *suffix)
     double tq_now()
     void tq_sleep(double seconds)
-    int tq_lock_file(const char *path, int create)
+    int TQ_ERROR, TQ_LOCK_HELD, TQ_NOT_REGULAR
+    int tq_flock_nb(int fd)
+    int tq_open_regular(const char *path, int writable, struct_stat *st)
+    int tq_same_file(const char *path, int fd)
+    int tq_create_locked(const char *path, int mode, int exact)
+    int tq_lock_existing(const char *path, struct_stat *st)
     int tq_fsync_fd(int fd)
     int tq_fsync_path(const char *path, int is_dir)
     int tq_rename_noreplace(const char *src, const char *dst)
@@ -67,6 +77,5 @@ cdef extern from "_tq_os.h" nogil:
     int TQ_HAVE_MEMDB
     int tq_open_memory_batch(sqlite3 **db, unsigned char **buf, sqlite3_int64 *cap)
     unsigned char *tq_memory_batch_image(sqlite3 *db, sqlite3_int64 *size, sqlite3_int64 *cap)
-    int tq_create_excl(const char *path)
     int tq_write_image_body(int fd, const unsigned char *p, sqlite3_int64 n)
     int tq_write_image_magic(int fd, const unsigned char *p, int durable)

@@ -6,6 +6,31 @@ cdef object _gc_isenabled = gc.isenabled
 cdef object _gc_disable = gc.disable
 cdef object _gc_enable = gc.enable
 
+cdef double _check_timeout(object timeout) except -1:
+    if type(timeout) not in (int, float) or not timeout >= 0:  # (NaN is not >= 0)
+        raise ValueError(f"turbo_queue: timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+    return timeout
+
+
+class _Undecodable(Exception):
+    """An event of a batch that its serializer cannot decode (inside the consumer only)."""
+
+    def __init__(self, cause):
+        self.cause = cause
+
+
+cdef long _uid = os.getuid() if hasattr(os, "getuid") else -1
+
+
+cdef bint _is_pickled(int kind, bytes b):
+    return kind == S_PICKLE or (kind == S_AUTO and PyBytes_GET_SIZE(b) > 0
+                                and <unsigned char>PyBytes_AS_STRING(b)[0] == 0x80)
+
+
+# How often a claim looks again at ready_ batches it found locked, 0.2 ms apart.
+cdef enum:
+    MAX_HELD_RETRIES = 50
+
 # What _ensure_rows found.
 cdef enum Rows:
     NOTHING_READY = 0     # no batch ready after waiting
@@ -56,6 +81,11 @@ cdef class Dequeue(_QueueBase):
     cdef Py_ssize_t _next_candidate
     cdef sqlite3 *_db
     cdef sqlite3_stmt *_sel
+    # The held batch's file, locked from before its claim until it is deleted or given back, or -1.
+    cdef int _lock_fd
+    # Its owner's uid, and how many of its rows came before the chunk in hand.
+    cdef long _writer_uid
+    cdef Py_ssize_t _chunk_start
     cdef bytes _path
     cdef str _name
     cdef bytes _rest
@@ -68,10 +98,13 @@ cdef class Dequeue(_QueueBase):
     cdef long long _total_batch
     cdef bint _keep_delivered
     cdef bint _busy
+    cdef bint _closed
+    cdef bint _refuse_pickle
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
         self._watch_fd = -1
+        self._lock_fd = -1
         self._candidates = []
         self._auto_cleanup = True
         self._wait_timeout = 0.1
@@ -81,11 +114,13 @@ cdef class Dequeue(_QueueBase):
             raise MemoryError()
 
     def __init__(self, proc_num=None, *, root_path=None, queue_name=None, serializer=None,
-                 auto_cleanup=None, wait_timeout=None, reclaim_interval=None, keep_delivered=None):
+                 auto_cleanup=None, wait_timeout=None, reclaim_interval=None, keep_delivered=None,
+                 mode=None, refuse_foreign_pickle=None):
         self.proc_num = proc_num
         self._configure(dict(root_path=root_path, queue_name=queue_name, serializer=serializer,
                              auto_cleanup=auto_cleanup, wait_timeout=wait_timeout,
-                             reclaim_interval=reclaim_interval, keep_delivered=keep_delivered))
+                             reclaim_interval=reclaim_interval, keep_delivered=keep_delivered,
+                             mode=mode, refuse_foreign_pickle=refuse_foreign_pickle))
         _live.add(self)
 
     def __dealloc__(self):
@@ -97,6 +132,8 @@ cdef class Dequeue(_QueueBase):
             sqlite3_close_v2(self._db)
         if self._watch_fd >= 0:
             close(self._watch_fd)
+        if self._lock_fd >= 0:
+            close(self._lock_fd)
 
     def __del__(self):
         try:
@@ -122,6 +159,22 @@ cdef class Dequeue(_QueueBase):
     def auto_cleanup(self, value):
         _check_bool("auto_cleanup", value)
         self._auto_cleanup = value
+
+    @property
+    def refuse_foreign_pickle(self):
+        """True: a pickled event ("pickle", or "auto"'s pickled ones) in a batch file owned by another
+        user is not unpickled (unpickling runs code of the writer's choosing) but set aside like an
+        undecodable event, with a DecodeError. False (default): trust whoever can write the folder."""
+        return self._refuse_pickle
+
+    @refuse_foreign_pickle.setter
+    def refuse_foreign_pickle(self, value):
+        _check_bool("refuse_foreign_pickle", value)
+        self._refuse_pickle = value
+
+    @property
+    def closed(self):
+        return self._closed
 
     @property
     def keep_delivered(self):
@@ -177,7 +230,7 @@ cdef class Dequeue(_QueueBase):
         """Up to n events of the current batch (never spanning two batches, so that a batch is
         deleted only after every event of it was handed out and the next call is made). Returns []
         when no batch is ready after waiting `timeout` seconds (default wait_timeout)."""
-        cdef double wait = self._wait_timeout if timeout is None else timeout
+        cdef double wait = self._wait_timeout if timeout is None else _check_timeout(timeout)
         cdef list out = []
         if n <= 0:
             return out
@@ -198,17 +251,25 @@ cdef class Dequeue(_QueueBase):
 
     cdef int _take(self, list out, Py_ssize_t n) except -1:
         cdef Py_ssize_t end
-        while len(out) < n:
-            end = min(self._chunk.nrows, self._pos + (n - len(out)))
-            while self._pos < end:
-                self._pos += 1
-                self._total_gets += 1
-                out.append(self._decode_row(&self._chunk.rows[self._pos - 1]))
-            if len(out) >= n or self._reading != READING:
-                break
-            self._fill()
-            if self._chunk.nrows == 0:
-                break
+        try:
+            while len(out) < n:
+                end = min(self._chunk.nrows, self._pos + (n - len(out)))
+                while self._pos < end:
+                    self._pos += 1
+                    self._total_gets += 1
+                    out.append(self._decode_row(&self._chunk.rows[self._pos - 1], False))
+                if len(out) >= n or self._reading != READING:
+                    break
+                self._fill()
+                if self._chunk.nrows == 0:
+                    break
+        except _Undecodable as bad:
+            if out:
+                # Hand out the events before it now; the next call sets it aside and says so.
+                self._pos -= 1
+                self._total_gets -= 1
+                return 0
+            raise self._set_aside_bad(&self._chunk.rows[self._pos - 1], bad.cause) from bad.cause
         return 0
 
     def get_batch(self, timeout=None):
@@ -220,14 +281,16 @@ cdef class Dequeue(_QueueBase):
         if self._pos < self._chunk.nrows:
             self._pos += 1
             self._total_gets += 1
-            return self._decode_row(&self._chunk.rows[self._pos - 1])
+            return self._decode_row(&self._chunk.rows[self._pos - 1], True)
         if self._ensure_rows(self._wait_timeout) != ROWS_AVAILABLE:
             return empty
         self._pos += 1
         self._total_gets += 1
-        return self._decode_row(&self._chunk.rows[self._pos - 1])
+        return self._decode_row(&self._chunk.rows[self._pos - 1], True)
 
-    cdef object _decode_row(self, _Row *r):
+    cdef object _decode_row(self, _Row *r, bint set_aside):
+        """The event of row `r`. One that cannot be decoded raises DecodeError once it was set aside
+        (or, without `set_aside`, _Undecodable, for the caller to decide)."""
         cdef int kind = r.kind
         cdef bytes b
         _crash_point("read")
@@ -236,12 +299,14 @@ cdef class Dequeue(_QueueBase):
             try:
                 if self._ser == S_JSON:
                     return _json_decode(b)
+                if self._refuse_pickle and self._writer_uid != _uid and _is_pickled(self._ser, b):
+                    raise ValueError(f"a pickled event written by uid {self._writer_uid}, another user "
+                                     f"(refused: refuse_foreign_pickle=True)")
                 return _decode(self._ser, b, self._custom)
             except Exception as e:
-                raise DecodeError(
-                    f"turbo_queue: event {self._total_gets} of {self.batch_path} cannot be decoded "
-                    f"with serializer {self._serializer!r}: {e}. It was skipped; the rest of the "
-                    f"batch follows.") from e
+                if not set_aside:
+                    raise _Undecodable(e)
+                raise self._set_aside_bad(r, e) from e
         # Values the pure-Python package stored through the json column's NUMERIC affinity.
         if kind == SQLITE_INTEGER:
             value = r.ival
@@ -251,7 +316,42 @@ cdef class Dequeue(_QueueBase):
             return None
         if self._ser == S_JSON:
             return value
-        return _decode(self._ser, repr(value).encode(), self._custom)
+        try:
+            return _decode(self._ser, repr(value).encode(), self._custom)
+        except Exception as e:
+            if not set_aside:
+                raise _Undecodable(e)
+            raise self._set_aside_bad(r, e) from e
+
+    cdef object _set_aside_bad(self, _Row *r, object cause):
+        """Set the event of row `r` (the last one handed out) aside in a batch of its own, invalid_
+        ..., and return the DecodeError that says where. If that fails, the event stays in the held
+        batch, not handed out, and the failure is raised."""
+        cdef Py_ssize_t index = self._chunk_start + self._pos - 1
+        cdef Enqueue writer
+        cdef bytes target = _set_aside_path(self._batch_folder, self._rest, index)
+        folder = os.fsdecode(self._batch_folder[:-1])
+        try:
+            writer = Enqueue(root_path=os.path.dirname(folder), queue_name=os.path.basename(folder),
+                             serializer="raw", max_events_per_file=2, max_batch_age=math.inf,
+                             mode=self.mode)
+            try:
+                writer.set_aside([_stored_bytes(r, self._chunk.buf)], target)
+            finally:
+                writer.close()
+        except BaseException:
+            self._pos -= 1
+            self._total_gets -= 1
+            raise
+        self._total_gets -= 1  # set aside, not handed out
+        logger.error("turbo_queue: event %d of batch %s cannot be decoded with serializer %r (%s: %s); "
+                     "set aside in %s", index, self.batch_path, self._serializer,
+                     type(cause).__name__, cause, os.fsdecode(target))
+        return DecodeError(
+            f"turbo_queue: event {index} of batch {self.batch_path} cannot be decoded with serializer "
+            f"{self._serializer!r}: {type(cause).__name__}: {cause}. It was set aside in "
+            f"{os.fsdecode(target)} (same format, one event); the rest of the batch follows.",
+            batch=self.batch_path, index=index, set_aside=os.fsdecode(target))
 
     cdef int _enter(self) except -1:
         # A consumer is not shared between threads: its SQLite handle is used without a mutex and
@@ -273,6 +373,8 @@ cdef class Dequeue(_QueueBase):
 
     cdef Rows _ensure_rows_entered(self, double timeout) except *:
         cdef double deadline = -1.0, left
+        if self._closed:
+            raise ValueError("turbo_queue: this dequeue is closed")
         while True:
             if self._pos < self._chunk.nrows:
                 return ROWS_AVAILABLE
@@ -299,6 +401,7 @@ cdef class Dequeue(_QueueBase):
 
     cdef int _fill(self) except -1:
         cdef int rc
+        self._chunk_start += self._chunk.nrows
         with nogil:
             rc = _read_chunk(self._sel, &self._chunk)
         self._pos = 0
@@ -317,14 +420,17 @@ cdef class Dequeue(_QueueBase):
         return 0
 
     cdef bint _claim(self) except -1:
-        """Claim the oldest ready batch with one rename. True if one was claimed."""
+        """Claim the oldest ready batch: lock its file, then rename it. True if one was claimed."""
         cdef bytes folder = self._folder()
         cdef bytes name, rest, chosen
-        cdef int err = 0
+        cdef int err = 0, fd
         cdef Moved moved
         cdef bint rescanned = False
+        cdef int held_retries = 0
+        cdef list held = []
+        cdef struct_stat st
         _ensure_exit_hook()
-        self._owner.acquire(folder)
+        self._owner.acquire(folder, self._file_mode, self._exact_mode)
         if self._watch_fd == -1:
             # Watch before scanning, so that a batch published between the scan and the wait wakes us.
             self._watch_fd = tq_watch_open(folder)
@@ -333,21 +439,38 @@ cdef class Dequeue(_QueueBase):
         self._maybe_reclaim(folder)
         while True:
             if self._next_candidate >= len(self._candidates):
-                if rescanned:
+                if not rescanned:
+                    self._candidates = scan_ready(folder)
+                    rescanned = True
+                elif held and held_retries < MAX_HELD_RETRIES:
+                    # A ready_ batch is locked only for a moment: by its producer between the rename
+                    # that publishes it and the close that follows, or by whoever gives it back.
+                    held_retries += 1
+                    with nogil:
+                        tq_sleep(0.0002)
+                    self._candidates, held = held, []
+                else:
                     return False
-                self._candidates = scan_ready(folder)
                 self._next_candidate = 0
-                rescanned = True
                 continue
             name = <bytes>self._candidates[self._next_candidate]
             self._next_candidate += 1
+            fd = lock_batch(folder, name, &st)
+            if fd == BATCH_HELD:
+                held.append(name)
+                continue
+            if fd < 0:  # gone, or not a batch (quarantined)
+                continue
             rest = _rest_of_ready(name)
             chosen = _chosen_path(folder, rest, self._owner.token.encode())
             moved = claim_batch(folder + name, chosen, &err)
-            if moved == GONE:  # another consumer was first
-                continue
             if moved != MOVED:
+                close(fd)
+                if moved == GONE:  # another consumer (one that locks nothing) was first
+                    continue
                 raise os_error(err, "claim batch", folder + name)
+            self._lock_fd = fd
+            self._writer_uid = st.st_uid
             self._batch_folder = folder
             _crash_point("claim")
             if self._open_batch(chosen, rest):
@@ -361,29 +484,43 @@ cdef class Dequeue(_QueueBase):
         cdef sqlite3_stmt *sel = NULL
         cdef const char *p = path
         cdef int rc, sys_err = 0
+        cdef int fd = self._lock_fd
         with nogil:
-            rc = _open_for_reading(p, &db, &sel)
-            if rc != SQLITE_OK:
+            rc = _check_header(fd)
+            if rc == SQLITE_OK:
+                rc = _open_for_reading(p, &db, &sel)
+            if rc != SQLITE_OK and rc != NOT_A_BATCH:
                 sys_err = tq_write_errno(sqlite3_system_errno(db)) if db != NULL else 0
+        self._path, self._rest = path, rest
+        self._name = os.fsdecode(os.path.basename(path))
         if rc == SQLITE_OK:
-            self._db, self._sel, self._path, self._rest = db, sel, path, rest
-            self._name = os.fsdecode(os.path.basename(path))
+            self._db, self._sel = db, sel
             self._reading = READING
             self._read_error = None
             self._chunk.nrows = 0
+            self._chunk_start = 0
             self._pos = 0
             return True
-        detail = (sqlite3_errmsg(db) if db != NULL else sqlite3_errstr(rc)).decode("utf-8", "replace")
-        if sqlite_fault(rc) == FAULT_ENVIRONMENT:
+        if rc == NOT_A_BATCH:
+            detail = "not a batch: another format, journal mode or schema than one table logs(log_data)"
+        else:
+            detail = (sqlite3_errmsg(db) if db != NULL else sqlite3_errstr(rc)).decode("utf-8", "replace")
+        if rc != NOT_A_BATCH and sqlite_fault(rc) == FAULT_ENVIRONMENT:
             # Not the file's fault: give the batch back and report.
             error = sqlite_error(rc, db, sys_err, "open batch", path)
             sqlite3_close_v2(db)
-            self._path, self._rest, self._db = path, rest, NULL
+            self._db = NULL
             self._give_back()
             raise error
         sqlite3_close_v2(db)
-        quarantine(self._batch_folder, os.fsdecode(os.path.basename(path)), detail)
+        quarantine(self._batch_folder, self._name, detail)
+        self._drop_lock()
         return False
+
+    cdef void _drop_lock(self) noexcept:
+        if self._lock_fd >= 0:
+            close(self._lock_fd)
+            self._lock_fd = -1
 
     cdef int _close_batch(self) except -1:
         sqlite3_finalize(self._sel)
@@ -399,25 +536,33 @@ cdef class Dequeue(_QueueBase):
         cdef int err = 0
         cdef Moved moved
         self._close_batch()
-        if self._reading == READ_FAILED:
-            quarantine(self._batch_folder, self._name, self._read_error)
-            return 0
-        _crash_point("delete")
-        moved = finish_batch(self._path, &err)
-        if moved == GONE:
-            logger.warning("turbo_queue: batch %s vanished while held by this consumer (was "
-                           "its owner lock file removed?)", os.fsdecode(self._path))
-        elif moved != MOVED:
-            raise os_error(err, "delete finished batch", self._path)
+        try:
+            if self._reading == READ_FAILED:
+                quarantine(self._batch_folder, self._name, self._read_error)
+                return 0
+            _crash_point("delete")
+            moved = finish_batch(self._path, &err)
+            if moved == GONE:
+                logger.warning("turbo_queue: batch %s vanished while held by this consumer (did "
+                               "someone delete it?)", os.fsdecode(self._path))
+            elif moved != MOVED:
+                raise os_error(err, "delete finished batch", self._path)
+        finally:
+            self._drop_lock()
         return 0
 
     cdef int _give_back(self) except -1:
-        """Return the held batch to ready_ under its original name, so it keeps its place."""
+        """Return the held batch to ready_ under its original name, so it keeps its place (for
+        this consumer too: its next claim looks at the folder again)."""
         cdef int err = 0
         if self._db != NULL:
             self._close_batch()
-        if give_back_batch(self._path, _ready_path(self._batch_folder, self._rest), &err) == FAILED:
-            raise os_error(err, "return batch to the queue", self._path)
+        self._candidates = []
+        try:
+            if give_back_batch(self._path, _ready_path(self._batch_folder, self._rest), &err) == FAILED:
+                raise os_error(err, "return batch to the queue", self._path)
+        finally:
+            self._drop_lock()
         return 0
 
     cdef int _wait(self, double timeout) except -1:
@@ -472,13 +617,15 @@ cdef class Dequeue(_QueueBase):
         return True
 
     def close(self):
-        """Release the held batch and this consumer's files. Idempotent. A batch whose every event
-        was handed out is deleted; one partly handed out is given back whole, or with
-        keep_delivered only its events not yet handed out are."""
+        """Release the held batch and this consumer's files; the consumer cannot be used after it.
+        Idempotent. A batch whose every event was handed out is deleted (auto_cleanup or not); one
+        partly handed out is given back whole, or with keep_delivered only its events not yet
+        handed out are."""
         if self._busy:
             self._enter()
+        self._closed = True
         if self._db != NULL:
-            if self._all_handed_out() and self._auto_cleanup:
+            if self._all_handed_out():
                 self._finish_batch()
             elif self._keep_delivered:
                 self._requeue_rest()
@@ -509,7 +656,8 @@ cdef class Dequeue(_QueueBase):
         if rest and self._reading != READ_FAILED:
             folder = os.fsdecode(self._batch_folder[:-1])
             writer = Enqueue(root_path=os.path.dirname(folder), queue_name=os.path.basename(folder),
-                             serializer="raw", max_events_per_file=len(rest) + 1)
+                             serializer="raw", max_events_per_file=len(rest) + 1,
+                             max_batch_age=math.inf, mode=self.mode)
             writer.republish(rest, _ns_of_rest(os.fsdecode(self._rest)))
             writer.close()
         self._finish_batch()

@@ -32,6 +32,7 @@ import pickle as _pickle
 import re
 import secrets
 import signal
+import stat as stat_module
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ import orjson
 from turbo_queue.errors import (
     CorruptBatchError,
     DecodeError,
+    EncodeError,
     EventTooLargeError,
     SQLiteError,
     TurboQueueError,
@@ -61,13 +63,15 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.errno cimport EACCES, EDQUOT, EEXIST, EIO, EMFILE, ENOENT, ENOSPC, EPERM, EROFS, errno
+from libc.errno cimport (EACCES, EDQUOT, EEXIST, EIO, EISDIR, ELOOP, EMFILE, ENAMETOOLONG, ENFILE,
+                         ENOENT, ENOMEM, ENOSPC, ENOTDIR, ENXIO, EPERM, EROFS, errno)
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t
 from libc.stdio cimport rename
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
-from posix.unistd cimport close, unlink
+from libc.string cimport memcmp, memcpy, strcmp, strncmp
+from posix.stat cimport S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK, struct_stat
+from posix.unistd cimport close, pread, rmdir, unlink
 
 from turbo_queue._capi cimport *
 

@@ -32,8 +32,8 @@ cdef class Enqueue(_QueueBase):
     cdef double _batch_started
     cdef int64_t _last_ns
     cdef bint _last_was_small
-    # Where the open batch is built: in memory (written to its loading_ file, _fd, when published)
-    # or in the loading_ file itself.
+    # Where the open batch is built: in memory (written to its loading_ file when published) or in
+    # the loading_ file itself. _fd: that file, locked from its creation until it is ready_.
     cdef bint _in_memory
     cdef int _fd
     cdef Py_ssize_t _batch_bytes
@@ -56,8 +56,10 @@ cdef class Enqueue(_QueueBase):
     # Lingering (see the max_linger property and _age_tick).
     cdef double _max_linger
     cdef double _linger_rate
-    # The creation time the next batch's name takes instead of now, or 0 (see republish).
+    # The creation time the next batch's name takes instead of now, or 0 (see republish), and
+    # where it is published instead of ready_, or None (see set_aside).
     cdef int64_t _name_ns
+    cdef bytes _publish_target
 
     def __cinit__(self, *args, **kwargs):
         self._mutex = PyThread_allocate_lock()
@@ -70,12 +72,12 @@ cdef class Enqueue(_QueueBase):
 
     def __init__(self, *, root_path=None, queue_name=None, max_events_per_file=None,
                  max_ready_files=None, max_batch_age=None, serializer=None, durability=None,
-                 max_linger=None, linger_rate=None):
+                 max_linger=None, linger_rate=None, mode=None):
         self._configure(dict(root_path=root_path, queue_name=queue_name,
                              max_events_per_file=max_events_per_file,
                              max_ready_files=max_ready_files, max_batch_age=max_batch_age,
                              serializer=serializer, durability=durability, max_linger=max_linger,
-                             linger_rate=linger_rate))
+                             linger_rate=linger_rate, mode=mode))
         _live.add(self)
 
     def __dealloc__(self):
@@ -158,13 +160,14 @@ cdef class Enqueue(_QueueBase):
             raise ValueError("turbo_queue: this enqueue is closed")
         self._lock()
         try:
-            self._owner.acquire(self._folder())
+            self._owner.acquire(self._folder(), self._file_mode, self._exact_mode)
         finally:
             self._unlock()
         self.update_enqueue_active_state()
 
     def add(self, data):
-        """Add one event. Raises TypeError, with nothing written, if it cannot be serialized."""
+        """Add one event. Raises EncodeError (a TypeError and a ValueError), with nothing written, if
+        it cannot be serialized."""
         cdef bytes b = _encode(self._ser, data, self._custom)
         self._lock()
         try:
@@ -173,20 +176,25 @@ cdef class Enqueue(_QueueBase):
             self._unlock()
 
     def add_many(self, events):
-        """Add every event of an iterable; returns how many. If one cannot be serialized, the events
-        before it are added and TypeError says which one failed."""
+        """Add every event of an iterable; returns how many. Whatever goes wrong part way (an event
+        that cannot be serialized, the iterable itself raising, KeyboardInterrupt), the events
+        before it are added first; EncodeError says which event could not be encoded and why."""
         cdef list chunk = []
         cdef Py_ssize_t n = 0
-        for event in events:
-            try:
+        try:
+            for event in events:
                 chunk.append(_encode(self._ser, event, self._custom))
-            except TypeError as e:
-                self._append_chunk(chunk)
-                raise TypeError(f"turbo_queue: event #{n} of add_many: {e}") from e
-            n += 1
-            if len(chunk) == PENDING_MAX:
-                self._append_chunk(chunk)
-                chunk = []
+                n += 1
+                if len(chunk) == PENDING_MAX:
+                    full, chunk = chunk, []  # (never appended twice, even if appending fails)
+                    self._append_chunk(full)
+        except EncodeError as e:
+            self._append_chunk(chunk)
+            raise EncodeError(f"turbo_queue: event #{n} of add_many: {e} (the {n} events before it "
+                              f"were added)", index=n, value_type=e.value_type) from (e.__cause__ or e)
+        except BaseException:
+            self._append_chunk(chunk)
+            raise
         self._append_chunk(chunk)
         return n
 
@@ -198,6 +206,21 @@ cdef class Enqueue(_QueueBase):
             for b in chunk:
                 self._append_locked(<bytes>b)
         finally:
+            self._unlock()
+        return 0
+
+    cdef int set_aside(self, list stored, bytes target) except -1:
+        """Write values as stored in a batch into one new batch published as `target` (a name in the
+        protocol's invalid_ state), not ready_: events that must wait for a person."""
+        self._lock()
+        try:
+            self._publish_locked()  # what was open goes out as usual
+            for b in stored:
+                self._append_locked(<bytes>b)
+            self._publish_target = target
+            self._publish_locked()
+        finally:
+            self._publish_target = None
             self._unlock()
         return 0
 
@@ -243,8 +266,14 @@ cdef class Enqueue(_QueueBase):
         cdef bytes folder = self._folder()
         cdef sqlite3 *db = NULL
         cdef int rc, sys_err, err
+        cdef const char *path
+        cdef bint in_memory = _memory_batches
+        cdef int fd = -1, mode = self._file_mode
+        cdef bint exact = self._exact_mode
+        cdef bytes sql_b = _BATCH_SQL[in_memory, self._last_was_small]
+        cdef const char *sql = sql_b
         _ensure_exit_hook()
-        self._owner.acquire(folder)
+        self._owner.acquire(folder, mode, exact)
         if self._name_ns:  # a batch that must keep another's place in line (see Dequeue)
             ns, self._name_ns = self._name_ns, 0
         else:
@@ -252,22 +281,21 @@ cdef class Enqueue(_QueueBase):
             if ns <= self._last_ns:  # keep one producer's batches in order if the clock steps back
                 ns = self._last_ns + 1
             self._last_ns = ns
-        self._rest = _new_batch_rest(ns, self._owner.token)
-        self._loading_path = _loading_path(folder, self._rest)
         self._batch_folder = folder
-        cdef const char *path = self._loading_path
-        cdef bint in_memory = _memory_batches
-        cdef int fd = -1
-        cdef bytes sql_b = _BATCH_SQL[in_memory, self._last_was_small]
-        cdef const char *sql = sql_b
-        if in_memory:
-            # The loading_ file exists, empty, while the batch fills: the folder shows what is
-            # being loaded, as in the original, and a producer's death leaves an empty file.
+        # The loading_ file exists, empty and locked by this producer, while the batch fills: the
+        # folder shows what is being loaded, as in the original, and its lock says who loads it.
+        while True:
+            self._rest = _new_batch_rest(ns, self._owner.token)
+            self._loading_path = _loading_path(folder, self._rest)
+            path = self._loading_path
             with nogil:
-                fd = tq_create_excl(path)
+                fd = tq_create_locked(path, mode, exact)
                 err = errno
-            if fd < 0:
+            if fd >= 0:
+                break
+            if fd == TQ_ERROR and err != EEXIST:
                 raise os_error(err, "create batch", self._loading_path)
+            ns += 1  # the name was taken, or the new file meanwhile: the next nanosecond
         with nogil:
             rc = _create_batch_db(path, in_memory, sql, &db, &self._image_buf, &self._image_cap)
             if rc == SQLITE_OK:
@@ -282,12 +310,11 @@ cdef class Enqueue(_QueueBase):
             sqlite3_close_v2(db)
             self._ins = NULL
             self._ins_group = NULL
-            if fd >= 0:
-                close(fd)
             try:
                 os.unlink(self._loading_path)
             except OSError:
                 pass
+            close(fd)
             raise error
         self._db = db
         self._fd = fd
@@ -374,11 +401,8 @@ cdef class Enqueue(_QueueBase):
         sqlite3_finalize(self._ins_group)
         if self._in_memory:  # where the buffer is now, before the database goes
             self._take_image_locked(&size)
-        if self._fd >= 0:
-            close(self._fd)
         sqlite3_close_v2(self._db)
         self._db = NULL
-        self._fd = -1
         self._release_image_buffer_locked()
         self._ins = NULL
         self._ins_group = NULL
@@ -390,10 +414,15 @@ cdef class Enqueue(_QueueBase):
                 os.unlink(path + suffix)
             except OSError:
                 pass
+        if self._fd >= 0:  # unlocked only once it is gone
+            close(self._fd)
+        self._fd = -1
+        self._publish_target = None
         raise error
 
     cdef int _write_image_locked(self) except -1:
-        """Write the committed in-memory batch into its loading_ file and close it."""
+        """Write the committed in-memory batch into its loading_ file (left open: its lock is held
+        until it is published)."""
         cdef int fd = self._fd, rc = 0, err = 0
         cdef sqlite3_int64 size = 0
         cdef unsigned char *image
@@ -409,11 +438,6 @@ cdef class Enqueue(_QueueBase):
             with nogil:
                 rc = tq_write_image_magic(fd, image, durable)
                 err = errno
-        if rc == 0:
-            with nogil:
-                rc = close(fd)
-                err = errno
-            self._fd = -1  # closed even when close() reports an error
         if rc != 0:
             self._abandon_batch_locked(SQLITE_OK, err or EIO, "write batch")
         return 0
@@ -466,21 +490,28 @@ cdef class Enqueue(_QueueBase):
         count = self._count
         self._count = 0
         self._last_was_small = count < SMALL_BATCH_EVENTS
-        loading, folder = self._loading_path, self._batch_folder
-        if durable and not in_memory:  # an image written from memory was synced by its writer
-            with nogil:
-                rc = tq_fsync_path(loading, 0)
-                err = errno
-            if rc != 0:
-                raise os_error(err, f"fsync batch ({count} events stay in it, unpublished; it is "
+        folder = self._batch_folder
+        fd, self._fd = self._fd, -1
+        try:
+            if durable and not in_memory:  # an image written from memory was synced by its writer
+                with nogil:
+                    rc = tq_fsync_fd(fd)
+                    err = errno
+                if rc != 0:
+                    raise os_error(err, f"fsync batch ({count} events stay in it, unpublished; it "
+                                   f"is recovered when this process exits)", self._loading_path)
+            # The batch is complete and closed: now, and only now, it may be published.
+            _crash_point("publish")
+            target = self._publish_target
+            if target is None:
+                target = _published_path(self._batch_folder, self._rest, count)
+            self._publish_target = None
+            moved = publish_batch(self._loading_path, target, &err)
+            if moved != MOVED:
+                raise os_error(err, f"publish batch ({count} events stay in it, unpublished; it is "
                                f"recovered when this process exits)", self._loading_path)
-        # The batch is complete and closed: now, and only now, it may be published.
-        _crash_point("publish")
-        moved = publish_batch(self._loading_path, _published_path(self._batch_folder, self._rest, count),
-                              &err)
-        if moved != MOVED:
-            raise os_error(err, f"publish batch ({count} events stay in it, unpublished; it is "
-                           f"recovered when this process exits)", self._loading_path)
+        finally:
+            close(fd)  # its lock goes with it: the batch is ready_ (or left for recovery)
         if durable:
             with nogil:
                 rc = tq_fsync_path(folder, 1)

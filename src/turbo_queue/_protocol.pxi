@@ -129,6 +129,11 @@ cdef inline bytes _chosen_path(bytes folder, bytes rest, bytes token):
     return folder + CHOSEN_B + rest + b"_" + token
 
 
+cdef inline bytes _set_aside_path(bytes folder, bytes rest, Py_ssize_t index):
+    # invalid_<the batch's rest>-e<index>.db: one event that could not be decoded, set aside.
+    return folder + b"invalid_" + rest[:-3] + b"-e%d.db" % index
+
+
 cdef inline bytes _rest_of_ready(bytes name):
     return name[6:]
 
@@ -151,6 +156,75 @@ cdef str _recovered_rest(str rest, str state, Py_ssize_t events):
 
 cdef bint _is_own_loading(str rest):
     return _OWN_BATCH.match(rest) is not None
+
+
+# -- Holding a batch ----------------------------------------------------------------------------------
+#
+# Whoever may move a batch holds an flock on the file itself for as long as it may: a producer from
+# creating its loading_ file until it is ready_, a consumer from before its claim until the batch is
+# deleted or given back, recovery while it checks and moves a leftover. The lock belongs to the
+# file, not to its name, so no cleaner can take it away; a batch is taken from an owner only when
+# its file's lock is free (and its owner lock file, where there is one, says the owner is dead).
+
+# Files already reported as left alone, so that every pass does not log them again.
+cdef set _reported = set()
+
+
+cdef void _report_once(bytes path, str why) except *:
+    if path in _reported:
+        return
+    if len(_reported) > 10000:
+        _reported.clear()
+    _reported.add(path)
+    logger.warning("turbo_queue: left %s alone: %s", os.fsdecode(path), why)
+
+
+cdef str _file_kind(int mode):
+    if S_ISDIR(mode):
+        return "a directory"
+    if S_ISFIFO(mode):
+        return "a FIFO"
+    if S_ISSOCK(mode):
+        return "a socket"
+    if S_ISCHR(mode) or S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+# lock_batch()'s answers besides a descriptor.
+cdef enum:
+    BATCH_GONE = -1          # removed or moved meanwhile
+    BATCH_HELD = -2          # a live process holds it
+    BATCH_QUARANTINED = -3   # no regular file: renamed invalid_..., never opened
+    BATCH_LEFT_ALONE = -4    # cannot be opened by this user: another user's batch?
+
+
+cdef int lock_batch(bytes folder, bytes name, struct_stat *st) except -100:
+    """Open and lock a batch file of the folder before moving it, without following a symlink or
+    blocking on a FIFO. Returns the locked descriptor, or one of the answers above: a name that is
+    no regular file at all (FIFO, socket, device, directory, symlink) is quarantined."""
+    cdef bytes path = folder + name
+    cdef const char *cpath = path
+    cdef int fd, err
+    with nogil:
+        fd = tq_lock_existing(cpath, st)
+        err = errno
+    if fd >= 0:
+        return fd
+    if fd == TQ_LOCK_HELD:
+        return BATCH_HELD
+    if fd == TQ_ERROR and err == ENOENT:
+        return BATCH_GONE
+    if fd == TQ_NOT_REGULAR or (fd == TQ_ERROR and err in (ELOOP, ENXIO)):
+        what = (_file_kind(st.st_mode) if fd == TQ_NOT_REGULAR else
+                "a symbolic link" if err == ELOOP else "a socket")
+        if quarantine(folder, os.fsdecode(name), f"{what}, not a batch: never opened or followed"):
+            return BATCH_QUARANTINED
+        return BATCH_GONE
+    if fd == TQ_ERROR and err in (EACCES, EPERM):
+        _report_once(path, f"it cannot be opened ({os.strerror(err)}): another user's batch?")
+        return BATCH_LEFT_ALONE
+    raise os_error(err, "open batch", path)
 
 
 # -- Transitions --------------------------------------------------------------------------------------
@@ -204,8 +278,8 @@ cdef Moved finish_batch(bytes chosen, int *err) noexcept:
 
 
 cdef str quarantine(bytes folder, str name, str reason):
-    """Rename a batch that cannot be read to invalid_<name> and log why; never delete it. Returns
-    the new name, or None if the file was gone."""
+    """Rename a batch that cannot be read to invalid_<name> (without opening it) and log why; never
+    delete it. Returns the new name, or None if the file was gone."""
     cdef bytes src = folder + os.fsencode(name)
     cdef str target = "invalid_" + name
     cdef int err = 0

@@ -1,16 +1,33 @@
 # Recovery: batches whose owner died go back to ready_ (at startup, and in every consumer's periodic
-# reclaim pass), unreadable ones are quarantined, nothing is ever deleted that holds an event.
+# reclaim pass), unreadable ones are quarantined, nothing is ever deleted that holds an event, and
+# nothing outside the folder is followed, opened or changed.
 
-cdef long long _count_rows(bytes path, bint missing_table_is_empty) except -2:
-    """Open a leftover batch under its own name (SQLite rolls back a hot journal), check it and count
-    its rows. Returns the count, or -1 when the file cannot be read as a batch; raises when the
-    environment, not the file, failed (see sqlite_fault)."""
+cdef enum Leftover:
+    LEFT_GONE = 0          # removed or moved meanwhile
+    LEFT_PUBLISHED = 1     # now a ready_ batch
+    LEFT_EMPTY = 2         # held no event: removed
+    LEFT_UNFINISHED = 3    # a producer died while writing it, before publishing: removed
+    LEFT_QUARANTINED = 4   # not a readable batch: renamed invalid_...
+    LEFT_LIVE = 5          # its owner, or whoever holds the file, lives
+    LEFT_ALONE = 6         # cannot be judged (another user's, other hard links): untouched
+
+cdef tuple _LEFTOVER_COUNTS = ("gone", "published", "empty", "unfinished", "quarantined",
+                               "skipped_live", "skipped_other")
+
+cdef bytes SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+cdef long long _count_rows(bytes path, bint rollback, bint missing_table_is_empty) except -2:
+    """Check a leftover batch and count its rows; -1 when it is not a readable batch. With
+    `rollback` it is opened for writing under its own name, so that SQLite rolls back its hot
+    journal; else read-only. Raises when the environment, not the file, failed (see sqlite_fault)."""
     cdef sqlite3 *db = NULL
     cdef sqlite3_stmt *st = NULL
     cdef int rc, sys_err = 0
     cdef const char *cpath = path
+    cdef int flags = (SQLITE_OPEN_READWRITE if rollback else SQLITE_OPEN_READONLY) | SQLITE_OPEN_NOFOLLOW
     with nogil:
-        rc = sqlite3_open_v2(cpath, &db, SQLITE_OPEN_READWRITE, NULL)
+        rc = sqlite3_open_v2(cpath, &db, flags, NULL)
         if rc == SQLITE_OK:
             rc = sqlite3_prepare_v2(db, b"PRAGMA quick_check", -1, &st, NULL)
             if rc == SQLITE_OK:
@@ -24,12 +41,14 @@ cdef long long _count_rows(bytes path, bint missing_table_is_empty) except -2:
             if not ok:
                 return -1
             with nogil:
-                rc = sqlite3_prepare_v2(db, b"SELECT count(*) FROM logs", -1, &st, NULL)
+                rc = _check_schema(db)
+                if rc == SQLITE_OK:
+                    rc = sqlite3_prepare_v2(db, b"SELECT count(*) FROM logs", -1, &st, NULL)
                 if rc == SQLITE_OK:
                     rc = sqlite3_step(st)
             if rc == SQLITE_ROW:
                 return sqlite3_column_int64(st, 0)
-            if missing_table_is_empty and b"no such table" in sqlite3_errmsg(db):
+            if rc == NOT_A_BATCH and missing_table_is_empty and _no_schema(db):
                 return 0
             return -1
         if sqlite_fault(rc) == FAULT_ENVIRONMENT:
@@ -40,91 +59,171 @@ cdef long long _count_rows(bytes path, bint missing_table_is_empty) except -2:
         sqlite3_close_v2(db)
 
 
-cdef bint _unfinished_image(bytes path) except -1:
-    """A file that a producer was writing from memory when it died: SQLite's magic string, written
-    last (tq_write_image_magic), is still zeros."""
+cdef bint _no_schema(sqlite3 *db) except -1:
+    cdef sqlite3_stmt *st = NULL
+    cdef bint empty = False
+    if sqlite3_prepare_v2(db, b"SELECT count(*) FROM sqlite_master", -1, &st, NULL) == SQLITE_OK:
+        empty = sqlite3_step(st) == SQLITE_ROW and sqlite3_column_int64(st, 0) == 0
+    sqlite3_finalize(st)
+    return empty
+
+
+cdef Leftover _recover_locked(bytes folder, BatchName b, int fd, struct_stat *st) except *:
+    """Turn one leftover file, open as `fd` and locked by the caller, into a ready_ batch."""
+    cdef bytes src = folder + os.fsencode(b.name)
+    cdef bytes journal = src + b"-journal"
+    cdef char buf[100]
+    cdef Py_ssize_t got
+    cdef long long n
+    cdef bint rollback
+    cdef bint own_loading = b.state == "loading" and _is_own_loading(b.rest)
+    if st.st_size == 0:
+        if b.state == "chosen":  # a claimed batch was complete: an empty one is not ours
+            return LEFT_QUARANTINED if quarantine(folder, b.name, "an empty claimed batch (a claimed batch is complete)") else LEFT_GONE
+        return LEFT_EMPTY if _remove_leftover(src, "empty leftover batch") else LEFT_GONE
+    with nogil:
+        got = pread(fd, buf, 100, 0)
+    head = buf[:got] if got > 0 else b""
+    if own_loading and head[:16] == bytes(16):
+        # Its producer died while writing the batch from memory (SQLite's magic string is written
+        # last, by tq_write_image_magic): never published, and incomplete.
+        logger.warning("turbo_queue: removing %s: its producer died while writing it, before "
+                       "publishing it (%d bytes, never published)", os.fsdecode(src), st.st_size)
+        return LEFT_UNFINISHED if _remove_leftover(src, None) else LEFT_GONE
+    if len(head) < 100 or head[:16] != SQLITE_MAGIC or head[18] != 1 or head[19] != 1:
+        what = "a WAL database" if len(head) == 100 and head[:16] == SQLITE_MAGIC else "not an SQLite database"
+        return LEFT_QUARANTINED if quarantine(folder, b.name, f"{what}, not a batch") else LEFT_GONE
+    # A hot journal beside it (a producer building it in its file died mid-write) is rolled back by
+    # opening it for writing under its own name; anything else is only read.
     try:
-        with open(path, "rb") as f:
-            return f.read(16) == bytes(16)
+        jst = os.lstat(journal)
+    except FileNotFoundError:
+        jst = None
+    if jst is not None and not stat_module.S_ISREG(jst.st_mode):
+        return LEFT_QUARANTINED if quarantine(folder, b.name, "its -journal is not a regular file") else LEFT_GONE
+    rollback = jst is not None and jst.st_size > 0
+    if rollback and st.st_nlink > 1:  # rolling it back would write through its other names
+        return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal and other hard links") else LEFT_GONE
+    try:
+        n = _count_rows(src, rollback, b.state == "loading" or b.state == "legacy")
+    except FileNotFoundError:
+        return LEFT_GONE
+    if n < 0:
+        return LEFT_QUARANTINED if quarantine(folder, b.name, "not a readable batch") else LEFT_GONE
+    if n == 0:
+        # A producer that died before its first commit leaves a file without events.
+        return LEFT_EMPTY if _remove_leftover(src, "empty leftover batch") else LEFT_GONE
+    return LEFT_PUBLISHED if publish_leftover(folder, b.name, b.rest, b.state, n) == "published" else LEFT_GONE
+
+
+cdef bint _remove_leftover(bytes src, str what) except -1:
+    try:
+        os.unlink(src)
     except FileNotFoundError:
         return False
+    try:
+        os.unlink(src + b"-journal")
+    except FileNotFoundError:
+        pass
+    if what is not None:
+        logger.info("turbo_queue: removed %s %s", what, os.fsdecode(src))
+    return True
 
 
-cdef str _recover_one(bytes folder, BatchName b):
-    """Turn one leftover file into a ready_ batch. Returns what happened: a key of recover_folder's
-    counts, or "gone"."""
-    cdef bytes src = folder + os.fsencode(b.name)
-    cdef long long n
+cdef Leftover _recover_one(bytes folder, BatchName b, dict owners) except *:
+    """Judge one leftover file, and recover it if nobody holds it."""
+    cdef int fd = -1
+    cdef struct_stat st
+    cdef OwnerState state
+    if b.owner is not None:
+        if b.owner not in owners:
+            state = _owner_state(folder, b.owner, &fd)
+            owners[b.owner] = (state, fd)
+        if owners[b.owner][0] == OWNER_ALIVE:
+            return LEFT_LIVE
+    # Otherwise (a dead owner, or a lock file missing or unreadable, which prove nothing) the file's
+    # own lock decides: its owner holds it for as long as it may move the file.
+    fd = lock_batch(folder, os.fsencode(b.name), &st)
+    if fd == BATCH_HELD:
+        return LEFT_LIVE
+    if fd == BATCH_QUARANTINED:
+        return LEFT_QUARANTINED
+    if fd == BATCH_LEFT_ALONE:
+        return LEFT_ALONE
+    if fd < 0:
+        return LEFT_GONE
     try:
-        size = os.stat(src).st_size
-    except FileNotFoundError:
-        return "gone"
-    if b.state == "loading" and size > 0 and _is_own_loading(b.rest) and _unfinished_image(src):
-        try:
-            os.unlink(src)
-        except FileNotFoundError:
-            return "gone"
-        logger.warning("turbo_queue: removed %s: its producer died while writing it, before "
-                       "publishing it (%d bytes, never published)", os.fsdecode(src), size)
-        return "unfinished"
-    try:
-        n = _count_rows(src, b.state == "loading" or size == 0 and b.state != "chosen")
-    except FileNotFoundError:
-        return "gone"
-    if n < 0:
-        return "quarantined" if quarantine(folder, b.name, "not a readable batch") else "gone"
-    if n == 0:
-        # A producer that died before its first commit leaves an empty file: nothing to deliver.
-        for suffix in (b"", b"-journal"):
-            try:
-                os.unlink(src + suffix)
-            except FileNotFoundError:
-                pass
-        logger.info("turbo_queue: removed empty leftover batch %s", os.fsdecode(src))
-        return "empty"
-    return publish_leftover(folder, b.name, b.rest, b.state, n)
+        return _recover_locked(folder, b, fd, &st)
+    finally:
+        close(fd)
 
 
 def recover_folder(folder, *, legacy=True):
     """Return the batches of dead producers and consumers in `folder` to ``ready_``.
 
-    Safe beside live processes: a ``loading_`` or ``chosen_`` file whose owner still holds its lock
-    is left alone. Names written by the pure-Python package carry no owner, so they are recovered
-    only when ``legacy`` is true (at startup, when those processes must be stopped). Unreadable
-    files are renamed ``invalid_...`` and logged, never deleted, except a ``loading_`` batch that its
-    producer was still writing when it died ("unfinished": never published). Returns counts of what
-    was done.
+    Safe beside live processes: a ``loading_`` or ``chosen_`` file whose owner holds its lock (on
+    the file itself, and on its ``.owner_*.lock`` file where there is one) is left alone; a lock
+    file that was removed is no proof of death. Names written by the pure-Python package carry no
+    owner, so they are recovered only when ``legacy`` is true (at startup, when those processes must
+    be stopped). Unreadable files, and anything that is no regular file (FIFO, socket, directory,
+    symlink: never followed), are renamed ``invalid_...`` and logged, never deleted, except a
+    ``loading_`` batch that its producer was still writing when it died ("unfinished": never
+    published). Lock files of dead owners are removed. Returns counts of what was done.
     """
     cdef bytes folder_b = os.fsencode(os.path.join(os.fspath(folder), ""))
     cdef BatchName b
-    counts = {"published": 0, "empty": 0, "unfinished": 0, "quarantined": 0, "skipped_live": 0}
+    cdef Leftover result
+    counts = {"published": 0, "empty": 0, "unfinished": 0, "quarantined": 0, "skipped_live": 0,
+              "skipped_other": 0}
     try:
         names = sorted(os.listdir(folder_b))
     except FileNotFoundError:
         return counts
-    held = {}  # token -> fd holding a dead owner's lock while its files are handled
+    owners = {}  # token -> (OwnerState, fd holding a dead owner's lock file while its files are handled)
     try:
         for raw in names:
             b = parse_name(raw)
             if b is None or b.state not in ("loading", "chosen", "legacy"):
                 continue
-            if b.owner is not None:
-                if b.owner not in held:
-                    held[b.owner] = _lock_dead_owner(folder_b, b.owner)
-                if held[b.owner] is None:
-                    counts["skipped_live"] += 1
-                    continue
-            elif not legacy:
+            if b.owner is None and not legacy:
                 continue
-            result = _recover_one(folder_b, b)
-            if result in counts:
-                counts[result] += 1
+            result = _recover_one(folder_b, b, owners)
+            if result != LEFT_GONE:
+                counts[_LEFTOVER_COUNTS[result]] += 1
+        _sweep_dead_locks(folder_b, names, owners)
     finally:
-        for token, fd in held.items():
-            if fd is not None and fd != NO_LOCK_FILE:
-                os.unlink(_owner_lock_path(folder_b, token))
-                os.close(fd)
+        for token, (state, fd) in owners.items():
+            if fd >= 0:
+                close(fd)
     return counts
+
+
+cdef int _sweep_dead_locks(bytes folder, list names, dict owners) except -1:
+    """Remove the lock files of dead owners (each removed while its lock is held, so a live owner's
+    is never taken: an owner checks, once it holds its new lock, that its file still has the name)."""
+    cdef int fd
+    cdef struct_stat st
+    for raw in names:
+        if not (raw.startswith(OWNER_LOCK_B) and raw.endswith(OWNER_LOCK_SUFFIX_B)):
+            continue
+        path = folder + raw
+        token = os.fsdecode(raw[len(OWNER_LOCK_B):-len(OWNER_LOCK_SUFFIX_B)])
+        held = owners.get(token)
+        if held is not None:
+            if held[0] != OWNER_DEAD:
+                continue
+            fd = held[1]
+        else:
+            fd = tq_lock_existing(path, &st)
+            if fd < 0:
+                continue
+            owners[token] = (OWNER_DEAD, fd)
+        if tq_same_file(path, fd):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return 0
 
 
 cdef class Startup(_QueueBase):

@@ -32,8 +32,8 @@ cdef bint _has_nonfinite(object v, int depth):
     # Only reached when orjson wrote a null: was it a None, or a NaN/Infinity it turned into null?
     if isinstance(v, float):
         return not math.isfinite(v)
-    if depth > 200:
-        return True
+    if depth > 200 or not isinstance(v, (dict, list, tuple, str, int, type(None))):
+        return True  # (an Enum whose value is NaN: orjson wrote null, json.dumps refuses it)
     if isinstance(v, dict):
         for x in (<dict>v).values():
             if _has_nonfinite(x, depth + 1):
@@ -51,11 +51,23 @@ cdef bytes _json_encode(object value):
         b = _orjson_dumps(value, None, ORJSON_OPTS)
     except TypeError:
         # Non-str keys, integers beyond 64 bits, str subclasses, invalid surrogates...: the
-        # standard library handles them as the original does, or raises TypeError naming the type.
-        return (<str>_std_dumps(value)).encode("ascii")
+        # standard library handles them as the original does, or raises naming the type.
+        return _std_json_encode(value)
     if tq_has_null_token(PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b)) and _has_nonfinite(value, 0):
-        return (<str>_std_dumps(value)).encode("ascii")
+        return _std_json_encode(value)
     return b
+
+
+cdef bytes _std_json_encode(object value):
+    try:
+        return (<str>_std_dumps(value)).encode("ascii")
+    except Exception as e:  # TypeError, ValueError (circular), RecursionError (too deep), ...
+        raise _encode_error("json", value, e) from e
+
+
+cdef object _encode_error(str serializer, object value, object cause):
+    return EncodeError(f"turbo_queue: a {type(value).__name__} cannot be encoded with serializer "
+                       f"{serializer!r}: {type(cause).__name__}: {cause}", value_type=type(value))
 
 
 cdef object _json_decode(bytes b):
@@ -133,7 +145,7 @@ cdef bytes _pickle_encode(object value):
     try:
         return _pickle_dumps(value, 5)
     except Exception as e:
-        raise TypeError(f"turbo_queue: cannot pickle a {type(value).__name__}: {e}") from e
+        raise _encode_error("pickle", value, e) from e
 
 
 cdef bytes _encode(int kind, object value, object custom):
@@ -146,20 +158,29 @@ cdef bytes _encode(int kind, object value, object custom):
             return (<str>value).encode("utf-8", "surrogatepass")
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)
-        raise TypeError(f"turbo_queue: serializer 'raw' takes bytes or str, not {type(value).__name__}")
+        raise EncodeError(f"turbo_queue: serializer 'raw' takes bytes or str, not {type(value).__name__}",
+                          value_type=type(value))
     if kind == S_TEXT:
         if isinstance(value, str):
             return (<str>value).encode("utf-8", "surrogatepass")
-        raise TypeError(f"turbo_queue: serializer 'text' takes str, not {type(value).__name__}")
+        raise EncodeError(f"turbo_queue: serializer 'text' takes str, not {type(value).__name__}",
+                          value_type=type(value))
     if kind == S_AUTO:
         return _auto_encode(value)
     if kind == S_PICKLE:
         return _pickle_encode(value)
     if kind == S_MSGPACK:
-        return _msgpack_packb(value)
-    out = custom.dumps(value)
+        try:
+            return _msgpack_packb(value)
+        except Exception as e:  # TypeError, OverflowError (an int beyond 64 bits), ValueError, ...
+            raise _encode_error("msgpack", value, e) from e
+    try:
+        out = custom.dumps(value)
+    except Exception as e:
+        raise _encode_error(repr(custom), value, e) from e
     if type(out) is not bytes:
-        raise TypeError(f"turbo_queue: {custom!r}.dumps() must return bytes, not {type(out).__name__}")
+        raise EncodeError(f"turbo_queue: {custom!r}.dumps() must return bytes, not {type(out).__name__}",
+                          value_type=type(value))
     return <bytes>out
 
 

@@ -15,10 +15,30 @@ cdef inline int _check_bool(str name, object value) except -1:
     return 0
 
 
+# The longest name we give a file, past the folder's path (chosen_ with two tokens and a count,
+# "-journal" beside it), for the check against SQLite's limit on a path.
+cdef Py_ssize_t LONGEST_BATCH_NAME = 100
+# What a file system allows for one name (NAME_MAX on Linux and macOS).
+cdef Py_ssize_t NAME_MAX = 255
+# SQLite's limit on a path (its default VFS's mxPathname; 512 unless built otherwise).
+cdef Py_ssize_t SQLITE_MAX_PATH = sqlite3_vfs_find(NULL).mxPathname if sqlite3_vfs_find(NULL) != NULL else 512
+
+
+cdef bytes _encoded_name(str setting, str value):
+    try:
+        return os.fsencode(value)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"turbo_queue: {setting} {value!r} cannot be a file name on this system "
+                         f"({e.reason} at position {e.start})") from None
+
+
 cdef str _check_queue_name(object value):
     if type(value) is not str:
         raise ValueError(f"turbo_queue: queue_name must be a string, not {value!r}")
     name = <str>value
+    if len(_encoded_name("queue_name", name)) > NAME_MAX:
+        raise ValueError(f"turbo_queue: queue_name is {len(_encoded_name('queue_name', name))} bytes "
+                         f"long; a folder name can have at most {NAME_MAX}")
     if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
             or (os.altsep and os.altsep in name)):
         raise ValueError(f"turbo_queue: queue_name must be one folder name (no path separators, "
@@ -40,6 +60,8 @@ cdef class _QueueBase:
     # close(), and no age thread is started.
     cdef bint _ages_batches
     cdef bint _enqueue_active
+    cdef int _file_mode
+    cdef bint _exact_mode
     cdef int _ser
     cdef object _custom
     cdef object _serializer
@@ -58,6 +80,7 @@ cdef class _QueueBase:
         self._num_loaders = self._num_queues = 1
         self._dequeue_active = self._remove_invalid = True
         self._serializer = "json"
+        self._file_mode = 0o644
 
     cdef int _configure(self, dict settings) except -1:
         for key, value in settings.items():
@@ -66,15 +89,40 @@ cdef class _QueueBase:
         return 0
 
     cdef bytes _folder(self):
-        """`root_path/queue_name/` as bytes, created if missing."""
+        """`root_path/queue_name/` as bytes, created if missing (with the search bits that match
+        `mode`, when it is set, in every folder made)."""
         if self._folder_b is None:
             path = os.path.join(self._root_path, self._queue_name)
-            try:
-                os.makedirs(path, exist_ok=True)
-            except PermissionError as e:
-                raise os_error(e.errno, "create the queue folder", path) from None
-            self._folder_b = os.fsencode(os.path.join(path, ""))
+            folder = os.fsencode(os.path.join(path, ""))
+            if len(os.path.abspath(folder)) + LONGEST_BATCH_NAME > SQLITE_MAX_PATH:
+                raise ValueError(
+                    f"turbo_queue: the queue folder {path!r} is too long a path: SQLite opens files by "
+                    f"paths of at most {SQLITE_MAX_PATH} bytes, and batch names take up to "
+                    f"{LONGEST_BATCH_NAME}; choose a shorter root_path or queue_name")
+            _make_folders(path, self._folder_mode(), self._exact_mode)
+            self._folder_b = folder
         return self._folder_b
+
+    cdef int _folder_mode(self):
+        # Search (x) bits wherever the file mode gives read bits: 0o600 -> 0o700, 0o640 -> 0o750.
+        return self._file_mode | ((self._file_mode & 0o444) >> 2) if self._exact_mode else 0o777
+
+    @property
+    def mode(self):
+        """Permission bits of every file and folder this queue creates (folders get the search bits
+        that match: 0o600 makes 0o700 folders), applied exactly, whatever the umask. None (default):
+        0o644 files and 0o777 folders, less the umask. Existing files and folders keep theirs."""
+        return self._file_mode if self._exact_mode else None
+
+    @mode.setter
+    def mode(self, value):
+        if value is None:
+            self._file_mode, self._exact_mode = 0o644, False
+            return
+        if type(value) is not int or not 0 <= value <= 0o777:
+            raise ValueError(f"turbo_queue: mode must be permission bits from 0 to 0o777 (such as "
+                             f"0o600), or None, not {value!r}")
+        self._file_mode, self._exact_mode = value, True
 
     @property
     def queue_name(self):
@@ -97,6 +145,7 @@ cdef class _QueueBase:
             value = os.fspath(value)
         if type(value) is not str or not value:
             raise ValueError(f"turbo_queue: root_path must be a non-empty string, not {value!r}")
+        _encoded_name("root_path", value)
         self._root_path = value
         self._folder_b = None
 
@@ -220,3 +269,30 @@ cdef class _QueueBase:
         """Number of ready_ batches in the queue folder."""
         return count_ready(self._folder(), True)
 
+
+cdef int _make_folders(str path, int mode, bint exact) except -1:
+    """Make `path` and the folders above it that are missing, each with `mode` (exactly if
+    `exact`). A path that exists and is no folder raises ValueError naming it."""
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        if os.path.lexists(p):
+            raise ValueError(f"turbo_queue: {p!r} is not a folder, so the queue folder {path!r} "
+                             f"cannot be made there: check root_path and queue_name")
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, mode)
+        except FileExistsError:
+            if not os.path.isdir(p):
+                raise ValueError(f"turbo_queue: {p!r} is not a folder: check root_path") from None
+            continue
+        except OSError as e:
+            raise os_error(e.errno, "create the queue folder", p) from None
+        if exact:
+            os.chmod(p, mode)
+    return 0

@@ -22,6 +22,11 @@
 #define TQ_HAVE_INOTIFY 0
 #endif
 
+/* SQLite 3.31+ refuses to open a database through a symlink with it; we check with O_NOFOLLOW too. */
+#ifndef SQLITE_OPEN_NOFOLLOW
+#define SQLITE_OPEN_NOFOLLOW 0
+#endif
+
 #ifndef O_CLOEXEC
 #define O_CLOEXEC 0
 #endif
@@ -126,23 +131,92 @@ static void tq_sleep(double seconds) {
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
 }
 
-/* Open (creating if asked) and lock `path` with flock(LOCK_EX|LOCK_NB).
- * Returns the descriptor; -2 when another open file holds the lock; -1 with errno on error.
- * flock locks, unlike fcntl record locks, are dropped by the kernel only when the owner's
- * descriptor closes or the owner dies, which is what tells a dead process from a slow one. */
-static int tq_lock_file(const char *path, int create) {
-    int fd, flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
-    fd = open(path, flags, 0644);
-    if (fd < 0) return -1;
+/* Answers of the opening and locking helpers below, besides a descriptor (>= 0). */
+#define TQ_ERROR -1        /* errno says why */
+#define TQ_LOCK_HELD -2    /* another open file description holds the flock */
+#define TQ_NOT_REGULAR -3  /* not a regular file (FIFO, socket, device, directory); *st says what */
+
+/* Lock an open file with flock(LOCK_EX|LOCK_NB): 0, TQ_LOCK_HELD, or TQ_ERROR with errno.
+ * flock locks, unlike fcntl record locks, belong to the open file description: the kernel drops one
+ * only when its last descriptor closes or its process dies (even on SIGKILL), and closing a copy
+ * inherited by a forked child does not drop the parent's. */
+static int tq_flock_nb(int fd) {
     while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int err = errno;
-        if (err == EINTR) continue;
+        if (errno == EINTR) continue;
+        return errno == EWOULDBLOCK ? TQ_LOCK_HELD : TQ_ERROR;
+    }
+    return 0;
+}
+
+/* Open a file of the queue folder without following a symlink and without blocking (a FIFO would
+ * block an open for reading, and SQLite's after it): the descriptor when it is a regular file,
+ * TQ_NOT_REGULAR (closed) when it is not, TQ_ERROR with errno (ELOOP: a symlink; ENXIO: a socket).
+ * *st is filled either way when the open succeeded. */
+static int tq_open_regular(const char *path, int writable, struct stat *st) {
+    int fd, saved;
+    do {
+        fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return TQ_ERROR;
+    if (fstat(fd, st) != 0) {
+        saved = errno;
         close(fd);
-        if (err == EWOULDBLOCK) return -2;
-        errno = err;
-        return -1;
+        errno = saved;
+        return TQ_ERROR;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        return TQ_NOT_REGULAR;
     }
     return fd;
+}
+
+/* Whether `path` still names the file open as `fd` (it was not removed or replaced meanwhile). */
+static int tq_same_file(const char *path, int fd) {
+    struct stat a, b;
+    if (lstat(path, &a) != 0 || fstat(fd, &b) != 0) return 0;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Create `path` (it must not exist) with permission bits `mode` (exactly, whatever the umask, when
+ * `exact`), lock it, and check that the name still refers to it once locked (a recovery pass that
+ * took the lock first may have removed it). Returns the locked descriptor; TQ_LOCK_HELD when the
+ * new file was taken meanwhile (make another); TQ_ERROR with errno (EEXIST: the name is taken). */
+static int tq_create_locked(const char *path, int mode, int exact) {
+    int fd, rc, saved;
+    do {
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return TQ_ERROR;
+    if (exact && fchmod(fd, (mode_t)mode) != 0) {
+        saved = errno;
+        unlink(path);
+        close(fd);
+        errno = saved;
+        return TQ_ERROR;
+    }
+    rc = tq_flock_nb(fd);
+    if (rc == 0 && tq_same_file(path, fd)) return fd;
+    saved = errno;
+    close(fd);
+    if (rc == TQ_ERROR) {
+        errno = saved;
+        return TQ_ERROR;
+    }
+    return TQ_LOCK_HELD;
+}
+
+/* Take the lock of an existing file of the folder, for recovery: the locked descriptor,
+ * TQ_LOCK_HELD (its holder lives), TQ_NOT_REGULAR, or TQ_ERROR with errno (ENOENT: gone). */
+static int tq_lock_existing(const char *path, struct stat *st) {
+    int fd = tq_open_regular(path, 0, st), rc, saved;
+    if (fd < 0) return fd;
+    rc = tq_flock_nb(fd);
+    if (rc == 0) return fd;
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
 }
 
 static int tq_fsync_fd(int fd) {
@@ -345,14 +419,6 @@ static unsigned char *tq_memory_batch_image(sqlite3 *db, sqlite3_int64 *size, sq
 #endif
 }
 
-/* Create a batch file that must not exist yet. Returns a descriptor, or -1 with errno. */
-static int tq_create_excl(const char *path) {
-    int fd;
-    do {
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-    } while (fd < 0 && errno == EINTR);
-    return fd;
-}
 
 static int tq_pwrite_all(int fd, const unsigned char *p, size_t n, off_t off) {
     ssize_t w;

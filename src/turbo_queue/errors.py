@@ -32,5 +32,32 @@ class EventTooLargeError(TurboQueueError, ValueError):
     """One event is larger than SQLite can store in one value; nothing was written."""
 
 
+class EncodeError(TurboQueueError, TypeError, ValueError):
+    """An event cannot be encoded with the queue's serializer; nothing of it was written.
+
+    A TypeError and a ValueError both, so that handlers written for either keep working.
+    ``index`` is its position in the ``add_many`` call (None for ``add``), ``value_type`` its type;
+    the serializer's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None,
+                 value_type: type | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.value_type = value_type
+
+
 class DecodeError(TurboQueueError, ValueError):
-    """An event read from a batch could not be decoded with the queue's serializer."""
+    """An event read from a batch could not be decoded with the queue's serializer.
+
+    It was set aside, not lost: ``set_aside`` is the ``invalid_...`` batch file that now holds it
+    (same format, one event), ``batch`` the batch it came from and ``index`` its position there.
+    The events before it were handed out first; the rest of the batch follows.
+    """
+
+    def __init__(self, message: str, *, batch: str | None = None, index: int | None = None,
+                 set_aside: str | None = None) -> None:
+        super().__init__(message)
+        self.batch = batch
+        self.index = index
+        self.set_aside = set_aside
