@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import queue as _queue
 import shutil
@@ -15,6 +17,7 @@ from typing import Any, Iterable, Iterator, Literal, cast
 from turbo_queue._core import Dequeue, Enqueue
 from turbo_queue._folder import events_ready
 
+logger = logging.getLogger("turbo_queue")
 _EMPTY = object()
 # Puts per second from which a batch keeps filling past `latency` (see Queue): below it a batch's
 # fixed cost is a small share (docs/design.md has the arithmetic and the measurement).
@@ -31,12 +34,62 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_PRIVATE_PREFIX = "turbo-queue-"
+# Held (a shared flock) while they live by the process that made a private folder and by every
+# process that uses it (forked children inherit it, others take it when they unpickle the queue).
+_CREATOR_LOCK = ".creator.lock"
+# The descriptors of those locks by folder, kept open for the process's life.
+_creator_locks: dict[str, int] = {}
+
+
+def _hold_private_folder(path: str, create: bool) -> None:
+    if path in _creator_locks:
+        return
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL if create else os.O_RDONLY | os.O_NOFOLLOW
+    try:
+        fd = os.open(os.path.join(path, _CREATOR_LOCK), flags, 0o600)
+    except FileNotFoundError:
+        return  # made by a version without the lock
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _creator_locks[path] = fd
+
+
 def _private_folder() -> str:
     # A private queue lives no longer than the process that made it, so it needs no disk: on Linux
     # it goes to /dev/shm (memory, like multiprocessing's own shared memory) when that is writable.
     shm = "/dev/shm"
-    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
-    return tempfile.mkdtemp(prefix="turbo-queue-", dir=where)
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
+    _remove_abandoned_private_folders(where)
+    path = tempfile.mkdtemp(prefix=_PRIVATE_PREFIX, dir=where)
+    _hold_private_folder(path, True)
+    return path
+
+
+def _remove_abandoned_private_folders(where: str) -> None:
+    """Private folders whose creator was killed (SIGKILL, SIGTERM: no exit handler ran) are removed
+    by the next private Queue made there: this user's, once no process that used them lives."""
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_PRIVATE_PREFIX):
+            continue
+        path = os.path.join(where, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(path, _CREATOR_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # another user's, or made by a version without the lock: left alone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a process that uses it still lives
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("turbo_queue: removed the private queue folder %s of a process that was killed", path)
 
 
 def _remove_private_folder(path: str, pid: int, handles: list[Any]) -> None:
@@ -74,7 +127,7 @@ class Queue:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, maxsize: int = 0,
                  serializer: Any = "auto", max_events_per_file: int = 10_000,
                  latency: float = 0.001, max_linger: float = 0.02,
-                 durability: Literal["process", "os"] = "process") -> None:
+                 durability: Literal["process", "os"] = "process", mode: int | None = None) -> None:
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
         if type(latency) not in (int, float) or not 0 < latency < float("inf"):
@@ -85,12 +138,13 @@ class Queue:
         self._folder = os.path.abspath(folder)
         self._maxsize = maxsize
         self._settings = dict(serializer=serializer, max_events_per_file=max_events_per_file,
-                              latency=latency, max_linger=max_linger, durability=durability)
+                              latency=latency, max_linger=max_linger, durability=durability,
+                              mode=mode)
         self._latency = latency
         # Validate every setting now, in the creating process, not on first use somewhere else.
         Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
                 serializer=serializer, max_events_per_file=max_events_per_file,
-                max_batch_age=latency, durability=durability, max_linger=max_linger)
+                max_batch_age=latency, durability=durability, max_linger=max_linger, mode=mode)
         self._reset()
         if self._private:
             # At exit (exitpriority < 0: after multiprocessing joined this process's children), or
@@ -123,6 +177,8 @@ class Queue:
         self._latency = self._settings["latency"]
         self._owner_pid = state["owner_pid"]
         self._private = state["private"]
+        if self._private:
+            _hold_private_folder(self._folder, False)
         self._reset()
 
     def __repr__(self) -> str:
@@ -140,7 +196,7 @@ class Queue:
                            max_events_per_file=s["max_events_per_file"],
                            max_batch_age=s["latency"], max_ready_files=10**9,
                            durability=s["durability"], max_linger=s["max_linger"],
-                           linger_rate=FAST_PUTS)
+                           linger_rate=FAST_PUTS, mode=s.get("mode"))
         self._producer = producer
         self._handles.append(producer)
         return producer
@@ -149,7 +205,7 @@ class Queue:
         self._consumer = Dequeue(root_path=os.path.dirname(self._folder),
                                  queue_name=os.path.basename(self._folder),
                                  serializer=self._settings["serializer"], wait_timeout=0,
-                                 keep_delivered=True)
+                                 keep_delivered=True, mode=self._settings.get("mode"))
         self._handles.append(self._consumer)
         self._events = self._consumer.get(_EMPTY)
         return self._consumer
@@ -241,7 +297,14 @@ class Queue:
         return self.get(False)
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
-        """Up to max_items items (at least one, unless queue.Empty is raised after `timeout`)."""
+        """Up to max_items items (at least one, unless queue.Empty is raised after `timeout`);
+        max_items=0 returns [] at once."""
+        if type(max_items) is not int or max_items < 0:
+            raise ValueError(f"turbo_queue: max_items must be an integer >= 0, not {max_items!r}")
+        if max_items == 0:
+            return []
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ValueError(f"turbo_queue: timeout must be a number of seconds >= 0 or None, not {timeout!r}")
         if not self._get_lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             raise _queue.Empty
         try:

@@ -133,11 +133,13 @@ class _Connector:
 
     def __init__(self, *, kafka_brokers: Optional[str], kafka_client_id: Optional[str],
                  turbo_queue_queue_name: Optional[str], turbo_queue_root_path: Optional[str],
-                 value_format: str, config: Optional[dict[str, Any]]) -> None:
+                 value_format: str, config: Optional[dict[str, Any]],
+                 turbo_queue_mode: Optional[int] = None) -> None:
         self.kafka_brokers = kafka_brokers
         self.kafka_client_id = kafka_client_id
         self.turbo_queue_queue_name = turbo_queue_queue_name
         self.turbo_queue_root_path = turbo_queue_root_path
+        self.turbo_queue_mode = turbo_queue_mode  # permission bits of the queue's files (None: umask)
         self.value_format = _check_format(value_format)
         self.config = dict(config or {})
         self._stop = threading.Event()
@@ -158,7 +160,8 @@ class _Connector:
         if not self.turbo_queue_root_path or not self.turbo_queue_queue_name:
             raise ValueError("turbo_queue.kafka: turbo_queue_root_path and turbo_queue_queue_name "
                              "are required")
-        return {"root_path": self.turbo_queue_root_path, "queue_name": self.turbo_queue_queue_name}
+        return {"root_path": self.turbo_queue_root_path, "queue_name": self.turbo_queue_queue_name,
+                "mode": self.turbo_queue_mode}
 
     def stop(self) -> None:
         """Ask `run()` to stop cleanly (from another thread or a signal handler)."""
@@ -211,11 +214,12 @@ class KafkaSource(_Connector):
                  turbo_queue_max_events_per_file: int = 10000,
                  kafka_auto_offset_reset: str = "earliest", value_format: str = "record",
                  max_batch_age: float = 1.0, durability: Literal["process", "os"] = "process",
-                 config: Optional[dict[str, Any]] = None) -> None:
+                 config: Optional[dict[str, Any]] = None,
+                 turbo_queue_mode: Optional[int] = None) -> None:
         super().__init__(kafka_brokers=kafka_brokers, kafka_client_id=kafka_client_id,
                          turbo_queue_queue_name=turbo_queue_queue_name,
                          turbo_queue_root_path=turbo_queue_root_path, value_format=value_format,
-                         config=config)
+                         config=config, turbo_queue_mode=turbo_queue_mode)
         self.topics = list(topics or [])
         self.kafka_group_id = kafka_group_id
         self.turbo_queue_max_ready_files = turbo_queue_max_ready_files
@@ -450,11 +454,12 @@ class KafkaSink(_Connector):
                  turbo_queue_queue_name: Optional[str] = None,
                  turbo_queue_root_path: Optional[str] = None, value_format: str = "record",
                  max_in_flight: int = 4, max_attempts: int = 5, retry_backoff: float = 0.5,
-                 stop_grace: float = 30.0, config: Optional[dict[str, Any]] = None) -> None:
+                 stop_grace: float = 30.0, config: Optional[dict[str, Any]] = None,
+                 turbo_queue_mode: Optional[int] = None) -> None:
         super().__init__(kafka_brokers=kafka_brokers, kafka_client_id=kafka_client_id,
                          turbo_queue_queue_name=turbo_queue_queue_name,
                          turbo_queue_root_path=turbo_queue_root_path, value_format=value_format,
-                         config=config)
+                         config=config, turbo_queue_mode=turbo_queue_mode)
         self.kafka_producer_topic = topic or kafka_producer_topic
         self.max_in_flight = max_in_flight
         self.max_attempts = max_attempts
