@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from turbo_queue import _folder
 from turbo_queue._core import STATES, decode_value, events_in_name
+from turbo_queue.errors import TurboQueueError
 
 
 def _rich() -> Any:
@@ -109,9 +110,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_peek(args: argparse.Namespace) -> int:
     (folder,) = _folder.queue_folders(args.root, args.queue)
+    undecodable = 0
     for value in _folder.peek_rows(folder, args.n):
-        print(json.dumps(_jsonable(decode_value(args.serializer, value)), default=repr, ensure_ascii=False))
-    return 0
+        try:
+            event = decode_value(args.serializer, value)
+        except Exception as e:  # any serializer's own error: the value is shown as stored
+            undecodable += 1
+            print(f"turbo-queue: an event cannot be decoded with --serializer {args.serializer} "
+                  f"({type(e).__name__}: {e}); shown as stored", file=sys.stderr)
+            event = value
+        print(json.dumps(_jsonable(event), default=repr, ensure_ascii=False))
+    return 2 if undecodable else 0
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
@@ -120,12 +129,20 @@ def cmd_drain(args: argparse.Namespace) -> int:
     (folder,) = _folder.queue_folders(args.root, args.queue)
     d = turbo_queue.dequeue(root_path=args.root, queue_name=args.queue, wait_timeout=0,
                             serializer=args.serializer)
-    written = 0
+    written = skipped = 0
     with open(args.to, "a", encoding="utf-8") as out:
         while True:
             # The previous batch is deleted only by this call, after its events were written and
             # synced: a crash in between writes them again, never loses them.
-            batch = d.get_batch()
+            try:
+                batch = d.get_batch()
+            except turbo_queue.DecodeError as e:
+                # Set aside in an invalid_ batch of its own by the consumer; the rest follows.
+                skipped += 1
+                print(f"turbo-queue: skipped event {e.index} of {e.batch}: it cannot be decoded "
+                      f"with --serializer {args.serializer} (set aside in {e.set_aside}; try "
+                      f"--serializer raw to see its bytes)", file=sys.stderr)
+                continue
             if not batch:
                 break
             for event in batch:
@@ -134,8 +151,10 @@ def cmd_drain(args: argparse.Namespace) -> int:
             os.fsync(out.fileno())
             written += len(batch)
     d.close()
-    print(f"drained {written} events from {folder} to {args.to}", file=sys.stderr)
-    return 0
+    print(f"drained {written} events from {folder} to {args.to}"
+          + (f"; {skipped} could not be decoded and were set aside, each in a quarantined batch of its own" if skipped else ""),
+          file=sys.stderr)
+    return 2 if skipped else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -202,11 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except FileNotFoundError as e:
-        print(f"turbo-queue: {e}", file=sys.stderr)
-        return 2
-    except PermissionError as e:
-        print(f"turbo-queue: {e}", file=sys.stderr)
+    except (OSError, ValueError, TurboQueueError) as e:
+        # A folder missing or unreadable, a setting refused, a batch that cannot be read: said in a
+        # line, not a traceback.
+        message = str(e)
+        print(message if message.startswith("turbo") else f"turbo-queue: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
