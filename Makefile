@@ -29,7 +29,7 @@ typecheck: install
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest turbo_queue._core turbo_queue._kafka_codec --allowlist $(abspath stubtest-allowlist.txt)
 
 chaos: install
-	$(PY) -m pytest -q -m chaos tests/test_chaos.py -s
+	$(PY) -m pytest -q -m chaos tests/test_chaos.py tests/test_hostile_folder.py -s
 
 wheel:
 	scripts/build-wheel.sh dist
