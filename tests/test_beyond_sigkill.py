@@ -668,3 +668,31 @@ def test_a_path_too_long_for_sqlite_is_refused_at_start_naming_the_limit(tmp_pat
     with turbo_queue.enqueue(root_path=str(ok), queue_name="q") as e:
         e.add(1)
     assert drain_all(ok) == [1]
+
+
+KILLED_WRITER = ("import os, sqlite3, sys\n"
+                 "c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA cache_size=1')\n"
+                 "c.execute('CREATE TABLE ' + sys.argv[2] + ' (log_data json)')\n"
+                 "c.executemany('INSERT INTO ' + sys.argv[2] + ' VALUES (?)', [('\"kept %d\"' % i,) for i in range(2000)])\n"
+                 "c.commit(); c.execute('BEGIN'); c.execute('DELETE FROM ' + sys.argv[2])\n"
+                 "[c.execute('INSERT INTO ' + sys.argv[2] + ' VALUES (?)', (b'y' * 500,)) for _ in range(500)]\n"
+                 "os._exit(0)\n")
+
+
+@pytest.mark.parametrize("table, recovered", [("other", False), ("logs", True)])
+def test_a_hot_journal_is_rolled_back_only_in_a_batch(tmp_path, table, recovered):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    path = folder / "loading_1_legacy.db"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), table], check=True)
+    assert os.path.getsize(str(path) + "-journal") > 0
+    before = checksums(str(folder))
+    counts = turbo_queue.startup(root_path=str(tmp_path), queue_name="q").on_start_cleanup()
+    if recovered:  # a batch by its schema: rolled back to its last commit and published
+        assert counts["published"] == 1
+        assert drain_all(tmp_path) == [f"kept {i}" for i in range(2000)]
+    else:  # a foreign database: quarantined as it was, its journal untouched
+        assert counts["quarantined"] == 1
+        after = checksums(str(folder))
+        assert after["invalid_loading_1_legacy.db"] == before["loading_1_legacy.db"]
+        assert after["loading_1_legacy.db-journal"] == before["loading_1_legacy.db-journal"]

@@ -59,6 +59,25 @@ cdef long long _count_rows(bytes path, bint rollback, bint missing_table_is_empt
         sqlite3_close_v2(db)
 
 
+cdef bint _schema_may_be_a_batch(bytes path) except -1:
+    """Whether a file with a hot journal holds a batch's schema (or none yet), read as it is on
+    disk (`immutable`: SQLite neither rolls the journal back nor locks nor creates anything)."""
+    from urllib.parse import quote  # (only here: recovery of a hot journal is rare)
+
+    cdef bytes uri = b"file:" + quote(path).encode() + b"?immutable=1"
+    cdef const char *curi = uri
+    cdef sqlite3 *db = NULL
+    cdef int rc
+    with nogil:
+        rc = sqlite3_open_v2(curi, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL)
+        if rc == SQLITE_OK:
+            rc = _check_schema(db)
+    try:
+        return rc == SQLITE_OK or (rc == NOT_A_BATCH and _no_schema(db))
+    finally:
+        sqlite3_close_v2(db)
+
+
 cdef bint _no_schema(sqlite3 *db) except -1:
     cdef sqlite3_stmt *st = NULL
     cdef bint empty = False
@@ -104,6 +123,9 @@ cdef Leftover _recover_locked(bytes folder, BatchName b, int fd, struct_stat *st
     rollback = jst is not None and jst.st_size > 0
     if rollback and st.st_nlink > 1:  # rolling it back would write through its other names
         return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal and other hard links") else LEFT_GONE
+    if rollback and not _schema_may_be_a_batch(src):
+        # Rolled back only if it is a batch by its schema: a foreign database is never changed.
+        return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal, and not a batch") else LEFT_GONE
     try:
         n = _count_rows(src, rollback, b.state == "loading" or b.state == "legacy")
     except FileNotFoundError:
