@@ -7,6 +7,7 @@ with status 0 or 2 and a message.
 Used by test_hostile_folder.py, and runnable on its own:
     python tests/hostile.py --runs 20
     python tests/hostile.py producer ROOT WHO SEED | consumer ROOT WHO   (the roles it starts)
+    python tests/hostile.py killed-writer PATH TABLE journal|wal        (a database left mid-write)
 """
 
 import argparse
@@ -81,21 +82,51 @@ def outside_files(outside):
     hot journal (a writer killed mid-transaction), and a WAL database with an un-checkpointed -wal."""
     with open(os.path.join(outside, "plain.txt"), "w") as f:
         f.write("not a batch\n" * 100)
-    killed_writer = (
-        "import os, sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA cache_size=1')\n"
-        "c.execute('CREATE TABLE logs (log_data json)')\n"
-        "c.executemany('INSERT INTO logs VALUES (?)', [('\"kept %d\"' % i,) for i in range(2000)]); c.commit()\n"
-        "if sys.argv[2] == 'wal':\n"
-        "    c.execute('PRAGMA journal_mode=WAL'); c.execute('INSERT INTO logs VALUES (1)'); c.commit()\n"
-        "else:\n"
-        "    c.execute('BEGIN'); c.execute('DELETE FROM logs')\n"
-        "    [c.execute('INSERT INTO logs VALUES (?)', (b'y' * 500,)) for _ in range(500)]\n"
-        "os._exit(0)\n")
     for name, how in (("journal.db", "journal"), ("wal.db", "wal")):
-        subprocess.run([sys.executable, "-c", killed_writer, os.path.join(outside, name), how], check=True)
+        killed_writer(os.path.join(outside, name), "logs", how)
     assert os.path.getsize(os.path.join(outside, "journal.db-journal")) > 0
     assert os.path.getsize(os.path.join(outside, "wal.db-wal")) > 0
+
+
+def killed_writer(path, table, how):
+    """Leave `path` as an SQLite writer killed mid-way leaves it: 2,000 rows of `table` committed,
+    then, with how="journal", a transaction begun (a hot journal beside it) or, with "wal", a WAL
+    database with an un-checkpointed -wal."""
+    subprocess.run([sys.executable, HERE, "killed-writer", path, table, how], check=True)
+
+
+def _killed_writer(path, table, how):
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA cache_size=1")  # so that the transaction spills into the file
+    c.execute(f"CREATE TABLE {table} (log_data json)")
+    c.executemany(f"INSERT INTO {table} VALUES (?)", [(f'"kept {i}"',) for i in range(2000)])
+    c.commit()
+    if how == "wal":
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"INSERT INTO {table} VALUES (1)")
+        c.commit()
+    else:
+        c.execute("BEGIN")
+        c.execute(f"DELETE FROM {table}")
+        for _ in range(500):
+            c.execute(f"INSERT INTO {table} VALUES (?)", (b"y" * 500,))
+    os._exit(0)
+
+
+def plant_special(path, kind, target=None):
+    """Put a file that is no batch at `path`: a FIFO, a socket, a directory, or a symlink to `target`."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":  # bound where the path is short enough for AF_UNIX, then moved in
+        short = f"/tmp/tq-sock-{os.getpid()}"
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(short)
+        s.close()
+        os.rename(short, path)
+    elif kind == "directory":
+        os.mkdir(path)
+    else:
+        os.symlink(target, path)
 
 
 def checksums(folder):
@@ -155,20 +186,12 @@ def plant_one(folder, outside, rng, n):
     staging = os.path.join(os.path.dirname(folder), f".staging-{n}")
     kind = rng.choice(["fifo", "socket", "directory", "symlink plain", "symlink journal", "symlink wal",
                        "symlink dangling", "foreign", "empty", "truncated", "garbage"])
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "socket":
-        short = f"/tmp/tq-hostile-{os.getpid()}"
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(short)
-        s.close()
-        os.rename(short, path)
-    elif kind == "directory":
-        os.mkdir(path)
+    if kind in ("fifo", "socket", "directory"):
+        plant_special(path, kind)
     elif kind.startswith("symlink"):
         target = {"symlink plain": "plain.txt", "symlink journal": "journal.db", "symlink wal": "wal.db",
                   "symlink dangling": "missing.db"}[kind]
-        os.symlink(os.path.join(outside, target), path)
+        plant_special(path, "symlink", os.path.join(outside, target))
     else:
         if kind == "foreign":
             foreign_database(staging, rng)
@@ -215,6 +238,15 @@ def read_words(root, prefix):
             with open(os.path.join(root, name)) as f:
                 words += f.read().split()
     return words
+
+
+def wait_for(procs, role, problems):
+    for who in [w for w in procs if w.startswith(role)]:
+        try:
+            procs[who].wait(BOUND_S)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{who} did not stop within {BOUND_S} s")
+            stop_hung(procs[who])
 
 
 def stop_hung(p):
@@ -268,12 +300,7 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
         if rng.random() < 0.3:
             tamper_with_locks(folder, rng)
     open(os.path.join(root, "STOP"), "w").close()
-    for who in [w for w in procs if w.startswith("p")]:
-        try:
-            procs[who].wait(BOUND_S)
-        except subprocess.TimeoutExpired:
-            problems.append(f"{who} did not stop within {BOUND_S} s")
-            stop_hung(procs[who])
+    wait_for(procs, "p", problems)
     # Producers are done: consumers drain what is ready, then stop.
     deadline = time.monotonic() + BOUND_S
     import turbo_queue
@@ -283,12 +310,7 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
             and not os.path.islink(os.path.join(folder, n)) for n in os.listdir(folder)):
         time.sleep(0.05)
     open(os.path.join(root, "DRAINED"), "w").close()
-    for who in [w for w in procs if w.startswith("c")]:
-        try:
-            procs[who].wait(BOUND_S)
-        except subprocess.TimeoutExpired:
-            problems.append(f"{who} did not stop within {BOUND_S} s")
-            stop_hung(procs[who])
+    wait_for(procs, "c", problems)
     for who, p in procs.items():
         with open(os.path.join(base, f"{who}.log"), "rb") as f:
             err = f.read().decode(errors="replace")
@@ -328,6 +350,8 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "killed-writer":
+        _killed_writer(*sys.argv[2:5])
     if len(sys.argv) > 1 and sys.argv[1] in ("producer", "consumer"):
         if sys.argv[1] == "producer":
             producer(sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -6,7 +6,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -20,6 +19,7 @@ import turbo_queue
 from turbo_queue import _core, _folder
 from turbo_queue.cli import main as cli
 from conftest import batch_files, drain_all
+from hostile import killed_writer, plant_special
 
 ctx = mp.get_context("fork")
 
@@ -158,7 +158,7 @@ def test_a_live_producer_whose_lock_file_is_tampered_with_loses_nothing(tmp_path
     g = d.get()
     tampered = 0
     while p.is_alive() or got != list(range(150)):
-        if tampered < 5 and os.listdir(queue_dir(tmp_path)):
+        if tampered < 5 and os.path.isdir(queue_dir(tmp_path)) and os.listdir(queue_dir(tmp_path)):
             tamper_with_locks(queue_dir(tmp_path), how)
             tampered += 1
         event = next(g)
@@ -330,18 +330,7 @@ def test_an_enum_json_cannot_say_is_refused_not_turned_into_null(tmp_path):
 
 def plant(folder, kind, name, outside):
     path = os.path.join(folder, name)
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "socket":  # bound where the path is short enough for AF_UNIX, then moved in
-        short = f"/tmp/tq-sock-{os.getpid()}"
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(short)
-        s.close()
-        os.rename(short, path)
-    elif kind == "directory":
-        os.mkdir(path)
-    elif kind == "symlink":
-        os.symlink(outside, path)
+    plant_special(path, kind, outside)
     return path
 
 
@@ -670,21 +659,12 @@ def test_a_path_too_long_for_sqlite_is_refused_at_start_naming_the_limit(tmp_pat
     assert drain_all(ok) == [1]
 
 
-KILLED_WRITER = ("import os, sqlite3, sys\n"
-                 "c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA cache_size=1')\n"
-                 "c.execute('CREATE TABLE ' + sys.argv[2] + ' (log_data json)')\n"
-                 "c.executemany('INSERT INTO ' + sys.argv[2] + ' VALUES (?)', [('\"kept %d\"' % i,) for i in range(2000)])\n"
-                 "c.commit(); c.execute('BEGIN'); c.execute('DELETE FROM ' + sys.argv[2])\n"
-                 "[c.execute('INSERT INTO ' + sys.argv[2] + ' VALUES (?)', (b'y' * 500,)) for _ in range(500)]\n"
-                 "os._exit(0)\n")
-
-
 @pytest.mark.parametrize("table, recovered", [("other", False), ("logs", True)])
 def test_a_hot_journal_is_rolled_back_only_in_a_batch(tmp_path, table, recovered):
     folder = tmp_path / "q"
     folder.mkdir()
     path = folder / "loading_1_legacy.db"
-    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), table], check=True)
+    killed_writer(str(path), table, "journal")
     assert os.path.getsize(str(path) + "-journal") > 0
     before = checksums(str(folder))
     counts = turbo_queue.startup(root_path=str(tmp_path), queue_name="q").on_start_cleanup()
@@ -696,3 +676,22 @@ def test_a_hot_journal_is_rolled_back_only_in_a_batch(tmp_path, table, recovered
         after = checksums(str(folder))
         assert after["invalid_loading_1_legacy.db"] == before["loading_1_legacy.db"]
         assert after["loading_1_legacy.db-journal"] == before["loading_1_legacy.db-journal"]
+
+
+def start_and_add(root, go):
+    go.wait(10)
+    with turbo_queue.enqueue(root_path=root, queue_name="q") as e:
+        e.add(os.getpid())
+
+
+def test_many_processes_making_the_same_new_folders_at_once_all_succeed(tmp_path):
+    root = str(tmp_path / "a" / "b" / "c")
+    go = ctx.Event()
+    procs = [ctx.Process(target=start_and_add, args=(root, go)) for _ in range(12)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 12  # none took another's fresh folder for a file
+    assert sorted(drain_all(root)) == sorted(p.pid for p in procs)

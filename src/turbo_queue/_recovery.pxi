@@ -123,8 +123,10 @@ cdef Leftover _recover_locked(bytes folder, BatchName b, int fd, struct_stat *st
     rollback = jst is not None and jst.st_size > 0
     if rollback and st.st_nlink > 1:  # rolling it back would write through its other names
         return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal and other hard links") else LEFT_GONE
-    if rollback and not _schema_may_be_a_batch(src):
-        # Rolled back only if it is a batch by its schema: a foreign database is never changed.
+    if rollback and not own_loading and not _schema_may_be_a_batch(src):
+        # Rolled back only if it is our own unfinished batch (a producer that built it in its file
+        # died mid-write: its pages may be half written) or a batch by its schema: a foreign
+        # database is never changed.
         return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal, and not a batch") else LEFT_GONE
     try:
         n = _count_rows(src, rollback, b.state == "loading" or b.state == "legacy")

@@ -276,7 +276,7 @@ cdef int _make_folders(str path, int mode, bint exact) except -1:
     missing = []
     p = path
     while not os.path.isdir(p):
-        if os.path.lexists(p):
+        if os.path.lexists(p) and not os.path.isdir(p):  # (made meanwhile by another process: fine)
             raise ValueError(f"turbo_queue: {p!r} is not a folder, so the queue folder {path!r} "
                              f"cannot be made there: check root_path and queue_name")
         missing.append(p)
