@@ -695,3 +695,31 @@ def test_many_processes_making_the_same_new_folders_at_once_all_succeed(tmp_path
         p.join(30)
     assert [p.exitcode for p in procs] == [0] * 12  # none took another's fresh folder for a file
     assert sorted(drain_all(root)) == sorted(p.pid for p in procs)
+
+
+def fork_a_long_lived_child_then_die(root, child_pid_path):
+    d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0)
+    assert d.get_many(1) == [0]  # holds the batch
+    pid = os.fork()
+    if pid == 0:  # the child lives on, doing nothing with the queue
+        time.sleep(30)
+        os._exit(0)
+    with open(child_pid_path, "w") as f:
+        f.write(str(pid))
+    os._exit(0)  # the parent dies holding the batch (no cleanup runs)
+
+
+def test_a_forked_child_does_not_keep_its_dead_parents_batch_locked(tmp_path):
+    import signal
+
+    with turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q") as e:
+        e.add_many(range(3))
+    pid_path = str(tmp_path / "child.pid")
+    in_child(fork_a_long_lived_child_then_die, str(tmp_path), pid_path)
+    with open(pid_path) as f:
+        child = int(f.read())
+    try:
+        assert turbo_queue.recover_folder(queue_dir(tmp_path))["published"] == 1
+        assert drain_all(tmp_path) == [0, 1, 2]
+    finally:
+        os.kill(child, signal.SIGKILL)

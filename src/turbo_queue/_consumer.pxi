@@ -684,4 +684,7 @@ cdef class Dequeue(_QueueBase):
         if self._watch_fd >= 0:
             close(self._watch_fd)
         self._watch_fd = -1
+        # The child's copy of the batch's lock: kept open, it would keep the batch locked after the
+        # parent died, for as long as the child lives (closing it leaves the parent's lock held).
+        self._drop_lock()
         self._owner.forget()
