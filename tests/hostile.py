@@ -212,21 +212,27 @@ def tamper_with_locks(folder, rng):
     for name in os.listdir(folder):
         if not (name.startswith(".owner_") and rng.random() < 0.5):
             continue
-        path = os.path.join(folder, name)
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
-            else:
-                os.unlink(path)
-            how = rng.choice(["removed", "file", "directory", "fifo"])
-            if how == "file":
-                open(path, "w").close()
-            elif how == "directory":
-                os.mkdir(path)
-            elif how == "fifo":
-                os.mkfifo(path)
+            tamper_with_lock(os.path.join(folder, name), rng.choice(TAMPERINGS))
         except OSError:
             pass  # its owner removed or remade it meanwhile
+
+
+# What a cleaner or a hostile user can do to a lock file.
+TAMPERINGS = ("removed", "replaced by a file", "replaced by a directory", "replaced by a FIFO")
+
+
+def tamper_with_lock(path, how):
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+    if how == "replaced by a file":
+        open(path, "w").close()
+    elif how == "replaced by a directory":
+        os.mkdir(path)
+    elif how == "replaced by a FIFO":
+        os.mkfifo(path)
 
 
 # -- One run -------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import turbo_queue
 from turbo_queue import _core, _folder
 from turbo_queue.cli import main as cli
 from conftest import batch_files, drain_all
-from hostile import killed_writer, plant_special
+from hostile import TAMPERINGS, killed_writer, plant_special, tamper_with_lock
 
 ctx = mp.get_context("fork")
 
@@ -134,18 +134,10 @@ def slow_producer(root, n, ready_path):
 def tamper_with_locks(folder, how):
     for name in os.listdir(folder):
         if name.startswith(".owner_"):
-            path = os.path.join(folder, name)
-            os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-            if how == "replaced by a file":
-                open(path, "w").close()
-            elif how == "replaced by a directory":
-                os.mkdir(path)
-            elif how == "replaced by a FIFO":
-                os.mkfifo(path)
+            tamper_with_lock(os.path.join(folder, name), how)
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced by a file", "replaced by a directory",
-                                 "replaced by a FIFO"])
+@pytest.mark.parametrize("how", TAMPERINGS)
 def test_a_live_producer_whose_lock_file_is_tampered_with_loses_nothing(tmp_path, how, batch_build):
     started = tmp_path / "started"
     p = ctx.Process(target=slow_producer, args=(tmp_path, 150, str(started)))
