@@ -109,6 +109,9 @@ def test_context_manager_exit_with_error_gives_the_batch_back(tmp_path):
         with consumer(tmp_path) as d:
             assert d.get_many(1) == [0]
             raise RuntimeError("processing failed")
+    # Back whole, with one failed attempt and the event in hand remembered (see test_poison.py).
+    (name,) = batch_files(tmp_path / "q", "ready_")
+    assert "+a1+e0" in name
     assert consumer(tmp_path).get_batch() == [0, 1, 2]
 
 

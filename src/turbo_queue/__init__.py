@@ -24,6 +24,7 @@ from turbo_queue.errors import (
 )
 
 if TYPE_CHECKING:
+    from turbo_queue._deadletters import DeadLetter, dead_letters, requeue
     from turbo_queue._mpqueue import Queue
 
 # The pure-Python package's spellings (0.5) name the same classes as its 0.8 spellings.
@@ -42,6 +43,11 @@ def __getattr__(name: str) -> object:
 
         globals()["Queue"] = Queue
         return Queue
+    if name in ("DeadLetter", "dead_letters", "requeue"):  # (tools: loaded on first use too)
+        from turbo_queue import _deadletters
+
+        globals()[name] = value = getattr(_deadletters, name)
+        return value
     raise AttributeError(f"module 'turbo_queue' has no attribute {name!r}")
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "SERIALIZERS",
     "SQLITE_VERSION",
     "CorruptBatchError",
+    "DeadLetter",
     "DecodeError",
     "EncodeError",
     "Dequeue",
@@ -58,8 +65,10 @@ __all__ = [
     "SQLiteError",
     "Startup",
     "TurboQueueError",
+    "dead_letters",
     "dequeue",
     "enqueue",
     "recover_folder",
+    "requeue",
     "startup",
 ]

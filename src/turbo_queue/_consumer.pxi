@@ -22,6 +22,17 @@ class _Undecodable(Exception):
 cdef long _uid = os.getuid() if hasattr(os, "getuid") else -1
 
 
+cdef list _runs(list indexes):
+    """Sorted indexes as (first, last) runs of consecutive ones."""
+    cdef list out = []
+    for i in indexes:
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
 cdef bint _is_pickled(int kind, bytes b):
     return kind == S_PICKLE or (kind == S_AUTO and PyBytes_GET_SIZE(b) > 0
                                 and <unsigned char>PyBytes_AS_STRING(b)[0] == 0x80)
@@ -30,6 +41,9 @@ cdef bint _is_pickled(int kind, bytes b):
 # How often a claim looks again at ready_ batches it found locked, 0.2 ms apart.
 cdef enum:
     MAX_HELD_RETRIES = 50
+
+# Consumers that may die holding a batch before the events they had in hand are set aside.
+cdef int DEFAULT_MAX_ATTEMPTS = 3
 
 # What _ensure_rows found.
 cdef enum Rows:
@@ -100,6 +114,11 @@ cdef class Dequeue(_QueueBase):
     cdef bint _busy
     cdef bint _closed
     cdef bint _refuse_pickle
+    # Rows before this one are handed out without a word; a careful consumer (holding a batch that
+    # a consumer died with) keeps it at 0, so every event goes through _hold first.
+    cdef Py_ssize_t _free_end
+    cdef bint _careful
+    cdef int _max_attempts
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -109,18 +128,20 @@ cdef class Dequeue(_QueueBase):
         self._auto_cleanup = True
         self._wait_timeout = 0.1
         self._reclaim_interval = 5.0
+        self._max_attempts = DEFAULT_MAX_ATTEMPTS
         self._chunk.rows = <_Row *>malloc(CHUNK_ROWS * sizeof(_Row))
         if self._chunk.rows == NULL:
             raise MemoryError()
 
     def __init__(self, proc_num=None, *, root_path=None, queue_name=None, serializer=None,
                  auto_cleanup=None, wait_timeout=None, reclaim_interval=None, keep_delivered=None,
-                 mode=None, refuse_foreign_pickle=None):
+                 mode=None, refuse_foreign_pickle=None, max_attempts=None):
         self.proc_num = proc_num
         self._configure(dict(root_path=root_path, queue_name=queue_name, serializer=serializer,
                              auto_cleanup=auto_cleanup, wait_timeout=wait_timeout,
                              reclaim_interval=reclaim_interval, keep_delivered=keep_delivered,
-                             mode=mode, refuse_foreign_pickle=refuse_foreign_pickle))
+                             mode=mode, refuse_foreign_pickle=refuse_foreign_pickle,
+                             max_attempts=max_attempts))
         _live.add(self)
 
     def __dealloc__(self):
@@ -146,7 +167,9 @@ cdef class Dequeue(_QueueBase):
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self.roll_back()
+            # The handler raised: an attempt that failed (an interrupt or exit is no fault of the
+            # events: the batch goes back as it was).
+            self.roll_back(failed=issubclass(exc_type, Exception))
         self.close()
 
     @property
@@ -175,6 +198,22 @@ cdef class Dequeue(_QueueBase):
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def max_attempts(self):
+        """How many consumers may die holding a batch (or give it back with roll_back(failed=True))
+        before the events they had in hand are set aside as dead letters (dead_... files, see
+        turbo_queue.dead_letters) and the batch's other events are delivered. Default 3; 0: never.
+        A batch's first attempt costs nothing extra; once one failed, its consumer records which
+        event it hands out before it does (a rename), one event per call."""
+        return self._max_attempts
+
+    @max_attempts.setter
+    def max_attempts(self, value):
+        if type(value) is not int or value < 0:
+            raise ValueError(f"turbo_queue: max_attempts must be an int >= 0 (0: never set events "
+                             f"aside), not {value!r}")
+        self._max_attempts = value
 
     @property
     def keep_delivered(self):
@@ -229,13 +268,29 @@ cdef class Dequeue(_QueueBase):
     def get_many(self, Py_ssize_t n, timeout=None):
         """Up to n events of the current batch (never spanning two batches, so that a batch is
         deleted only after every event of it was handed out and the next call is made). Returns []
-        when no batch is ready after waiting `timeout` seconds (default wait_timeout)."""
+        when no batch is ready after waiting `timeout` seconds (default wait_timeout). Of a batch that
+        a consumer died holding, one event per call (see max_attempts)."""
+        return self._get_many(n, timeout, False)
+
+    def get_batch(self, timeout=None):
+        """Every remaining event of the current (or next ready) batch, as a list; [] if none is
+        ready after waiting `timeout` seconds. The batch is deleted on the next call."""
+        return self._get_many(2 ** 62, timeout, True)
+
+    cdef list _get_many(self, Py_ssize_t n, object timeout, bint whole):
         cdef double wait = self._wait_timeout if timeout is None else _check_timeout(timeout)
         cdef list out = []
+        cdef Py_ssize_t first
         if n <= 0:
             return out
         if self._ensure_rows(wait) != ROWS_AVAILABLE:
             return out
+        first = self._chunk_start + self._pos
+        if self._careful and not whole:
+            # One event per call, recorded before it is handed out, so that a poison event is told
+            # apart from the others (get_batch() promises the whole rest: recorded as a span).
+            self._hold((first, first))
+            n = 1
         # Building a long list of new containers would run the cyclic GC over and over (it
         # triggers on allocations, and every dict in the list stays alive): pause it meanwhile.
         # Nothing here can make a reference cycle that needs it.
@@ -247,6 +302,12 @@ cdef class Dequeue(_QueueBase):
         finally:
             if paused:
                 _gc_enable()
+        if self._careful and whole and out:
+            try:
+                self._hold((first, first + len(out) - 1))
+            except BaseException:
+                self._give_back()  # not handed out: the batch goes back whole
+                raise
         return out
 
     cdef int _take(self, list out, Py_ssize_t n) except -1:
@@ -272,18 +333,15 @@ cdef class Dequeue(_QueueBase):
             raise self._set_aside_bad(&self._chunk.rows[self._pos - 1], bad.cause) from bad.cause
         return 0
 
-    def get_batch(self, timeout=None):
-        """Every remaining event of the current (or next ready) batch, as a list; [] if none is
-        ready after waiting `timeout` seconds. The batch is deleted on the next call."""
-        return self.get_many(2 ** 62, timeout)
-
     cdef object _next(self, object empty):
-        if self._pos < self._chunk.nrows:
+        if self._pos < self._free_end:
             self._pos += 1
             self._total_gets += 1
             return self._decode_row(&self._chunk.rows[self._pos - 1], True)
         if self._ensure_rows(self._wait_timeout) != ROWS_AVAILABLE:
             return empty
+        if self._careful:
+            self._hold((self._chunk_start + self._pos, self._chunk_start + self._pos))
         self._pos += 1
         self._total_gets += 1
         return self._decode_row(&self._chunk.rows[self._pos - 1], True)
@@ -405,6 +463,7 @@ cdef class Dequeue(_QueueBase):
         with nogil:
             rc = _read_chunk(self._sel, &self._chunk)
         self._pos = 0
+        self._free_end = 0 if self._careful else self._chunk.nrows
         if rc == SQLITE_ROW:
             return 0
         if rc == -1:
@@ -475,7 +534,86 @@ cdef class Dequeue(_QueueBase):
             _crash_point("claim")
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
-                return True
+                if b"+a" not in rest or not self._judge_attempts():
+                    return True
+                # Its poison events were set aside and the rest put back as a new batch: look again.
+                self._candidates, self._next_candidate, rescanned = [], 0, False
+
+    cdef bint _judge_attempts(self) except -1:
+        """The claimed batch killed consumers before: True when this many deaths set the events
+        they had in hand aside (the batch is gone); else this consumer is careful with it."""
+        cdef int attempts
+        cdef tuple in_hand
+        attempts, in_hand = _attempts_of(os.fsdecode(self._rest))
+        if attempts == 0 or self._max_attempts == 0:
+            return False
+        if attempts >= self._max_attempts and in_hand:
+            self._dead_letter(attempts, in_hand)
+            return True
+        self._careful = True
+        return False
+
+    cdef int _dead_letter(self, int attempts, tuple in_hand) except -1:
+        """Set aside, each in a dead_ batch of its own, the events that consumers had in hand when
+        they died holding this batch; put the events after the last of them back as a new batch that
+        keeps its place (those before it were handed out by the last attempt), then delete it. A
+        crash anywhere repeats what is left: a dead letter already written is not written again."""
+        cdef list rows = []
+        cdef Py_ssize_t i
+        cdef Enqueue writer
+        cdef str rest = os.fsdecode(self._rest)
+        while True:
+            for i in range(self._pos, self._chunk.nrows):
+                rows.append(_stored_bytes(&self._chunk.rows[i], self._chunk.buf))
+            self._pos = self._chunk.nrows
+            if self._reading != READING:
+                break
+            self._fill()
+        if self._reading == READ_FAILED:
+            self._finish_batch()  # quarantined whole, with every event in it
+            return 0
+        # (A name can be tampered with: spans past the batch's end are cut to it.)
+        valid = [(a, min(b, len(rows) - 1)) for a, b in in_hand if 0 <= a <= b and a < len(rows)]
+        suspects = sorted({i for a, b in valid for i in range(a, b + 1)})
+        last = valid[-1][1] if valid else -1
+        written = {os.fsdecode(n) for n in os.listdir(self._batch_folder) if n.startswith(b"dead_")}
+        folder = os.fsdecode(self._batch_folder[:-1])
+        writer = Enqueue(root_path=os.path.dirname(folder), queue_name=os.path.basename(folder),
+                         serializer="raw", max_events_per_file=len(rows) + 1,
+                         max_batch_age=math.inf, mode=self.mode)
+        try:
+            for span in _runs(suspects):
+                target = _dead_path(self._batch_folder, rest, span, attempts)
+                if not any(n.startswith(_dead_prefix(rest, span)) for n in written):
+                    writer.set_aside(rows[span[0]:span[1] + 1], target)
+                    _crash_point("dead")
+                logger.error("turbo_queue: %s %s of batch %s in hand when %d consumers died holding "
+                             "the batch (max_attempts=%d): set aside as the dead letter %s; the batch's "
+                             "other events are delivered. See it with `turbo-queue dead`, return it "
+                             "with `turbo-queue requeue`.",
+                             "event" if span[0] == span[1] else "events", _span_text(span) + (
+                                 " was" if span[0] == span[1] else " were"), self.batch_path,
+                             attempts, self._max_attempts, os.fsdecode(target))
+            skip = set(suspects)
+            remainder = [rows[i] for i in range(last + 1, len(rows)) if i not in skip]
+            if remainder:
+                writer.republish(remainder, _ns_of_rest(rest))
+        finally:
+            writer.close()
+        self._finish_batch()
+        return 0
+
+    cdef int _hold(self, tuple span) except -1:
+        """Careful: say in the claim's name that events span = (first, last) are about to be handed
+        out, so that if this consumer dies with them, recovery knows which they were."""
+        cdef bytes target = _holding_path(self._batch_folder, self._rest, self._owner.token.encode(), span)
+        cdef int err = 0
+        if hold_event(self._path, target, &err) != MOVED:
+            raise os_error(err, "record the event in hand", self._path)
+        self._path = target
+        self._name = os.fsdecode(os.path.basename(target))
+        _crash_point("hold")
+        return 0
 
     cdef bint _open_batch(self, bytes path, bytes rest) except -1:
         """Open a claimed batch for reading. False when it is not a readable batch: it was
@@ -495,6 +633,8 @@ cdef class Dequeue(_QueueBase):
         self._name = os.fsdecode(os.path.basename(path))
         if rc == SQLITE_OK:
             self._db, self._sel = db, sel
+            self._careful = self._max_attempts == 1  # (no first attempt to spare)
+            self._free_end = 0
             self._reading = READING
             self._read_error = None
             self._chunk.nrows = 0
@@ -529,6 +669,7 @@ cdef class Dequeue(_QueueBase):
         self._db = NULL
         self._chunk.nrows = 0
         self._pos = 0
+        self._free_end = 0
         return 0
 
     cdef int _finish_batch(self) except -1:
@@ -551,19 +692,32 @@ cdef class Dequeue(_QueueBase):
             self._drop_lock()
         return 0
 
-    cdef int _give_back(self) except -1:
+    cdef int _give_back(self, bint failed=False) except -1:
         """Return the held batch to ready_ under its original name, so it keeps its place (for
-        this consumer too: its next claim looks at the folder again)."""
+        this consumer too: its next claim looks at the folder again). `failed`: with one more
+        attempt, and the event last handed out remembered as the one in hand."""
         cdef int err = 0
+        cdef Py_ssize_t handed = self._chunk_start + self._pos
+        cdef bytes rest = self._rest
+        if failed:
+            rest = os.fsencode(_died_rest(os.fsdecode(rest), self._in_hand(handed)))
         if self._db != NULL:
             self._close_batch()
         self._candidates = []
         try:
-            if give_back_batch(self._path, _ready_path(self._batch_folder, self._rest), &err) == FAILED:
+            if give_back_batch(self._path, _ready_path(self._batch_folder, rest), &err) == FAILED:
                 raise os_error(err, "return batch to the queue", self._path)
         finally:
             self._drop_lock()
         return 0
+
+    cdef object _in_hand(self, Py_ssize_t handed):
+        """What a failing handler had in hand: what the careful claim's name says, else the event
+        last handed out (None if none was)."""
+        b = parse_name(self._name)
+        if b is not None and b.holding is not None:
+            return b.holding
+        return (handed - 1, handed - 1) if handed > 0 else None
 
     cdef int _wait(self, double timeout) except -1:
         cdef int fd = self._watch_fd
@@ -606,14 +760,18 @@ cdef class Dequeue(_QueueBase):
                            self.batch_path)
         self._finish_batch()
 
-    def roll_back(self):
+    def roll_back(self, failed=False):
         """Give the current batch back to the queue unfinished, under its original name so it keeps
-        its place; every event of it will be delivered again. Returns False if no batch was held."""
+        its place; every event of it will be delivered again. Returns False if no batch was held.
+        `failed=True`: the handler failed on the event last handed out, which counts an attempt
+        (see max_attempts), as a consumer that dies holding the batch does; a `with` block left by
+        an exception rolls back so."""
+        _check_bool("failed", failed)
         if self._busy:
             self._enter()
         if self._db == NULL:
             return False
-        self._give_back()
+        self._give_back(failed)
         return True
 
     def close(self):
@@ -621,6 +779,14 @@ cdef class Dequeue(_QueueBase):
         Idempotent. A batch whose every event was handed out is deleted (auto_cleanup or not); one
         partly handed out is given back whole, or with keep_delivered only its events not yet
         handed out are."""
+        self._close(False)
+
+    cdef int close_failed(self) except -1:
+        """close(), at the exit of a process that an uncaught exception ends: a batch given back
+        counts a failed attempt."""
+        return self._close(True)
+
+    cdef int _close(self, bint failed) except -1:
         if self._busy:
             self._enter()
         self._closed = True
@@ -630,8 +796,9 @@ cdef class Dequeue(_QueueBase):
             elif self._keep_delivered:
                 self._requeue_rest()
             else:
-                self._give_back()
+                self._give_back(failed)
         self._release()
+        return 0
 
     cdef int _release(self) except -1:
         self._owner.release()
@@ -681,6 +848,7 @@ cdef class Dequeue(_QueueBase):
         self._db = NULL
         self._chunk.nrows = 0
         self._pos = 0
+        self._free_end = 0
         if self._watch_fd >= 0:
             close(self._watch_fd)
         self._watch_fd = -1

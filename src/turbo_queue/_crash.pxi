@@ -4,7 +4,7 @@
 # no crash point is set. docs/design.md lists where each step sits.
 
 CRASH_POINTS = ("add", "insert", "commit", "write", "publish", "published", "claim", "read",
-                "delete", "recover")
+                "delete", "recover", "hold", "dead", "requeue")
 cdef object _crash_at = None
 cdef long _crash_countdown = 0
 

@@ -13,9 +13,17 @@ def _after_fork_in_child():
 
 
 def _close_all_at_exit():
+    # A process leaving by an uncaught exception (the main script's is sys.last_value; a
+    # multiprocessing child's is still in flight here) failed with what its consumers held: their
+    # batches go back with one more attempt, as from a `with` block (see Dequeue.max_attempts).
+    exc = sys.exc_info()[1] or getattr(sys, "last_value", None)
+    cdef bint failed = isinstance(exc, Exception)
     for obj in list(_live):
         try:
-            obj.close()
+            if failed and isinstance(obj, Dequeue):
+                (<Dequeue>obj).close_failed()
+            else:
+                obj.close()
         except Exception:
             logger.exception("turbo_queue: closing %r at exit failed", obj)
 

@@ -127,7 +127,8 @@ class Queue:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, maxsize: int = 0,
                  serializer: Any = "auto", max_events_per_file: int = 10_000,
                  latency: float = 0.001, max_linger: float = 0.02,
-                 durability: Literal["process", "os"] = "process", mode: int | None = None) -> None:
+                 durability: Literal["process", "os"] = "process", mode: int | None = None,
+                 max_attempts: int = 3) -> None:
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"turbo_queue: maxsize must be an integer >= 0, not {maxsize!r}")
         if type(latency) not in (int, float) or not 0 < latency < float("inf"):
@@ -139,12 +140,13 @@ class Queue:
         self._maxsize = maxsize
         self._settings = dict(serializer=serializer, max_events_per_file=max_events_per_file,
                               latency=latency, max_linger=max_linger, durability=durability,
-                              mode=mode)
+                              mode=mode, max_attempts=max_attempts)
         self._latency = latency
         # Validate every setting now, in the creating process, not on first use somewhere else.
         Enqueue(root_path=os.path.dirname(self._folder), queue_name=os.path.basename(self._folder),
                 serializer=serializer, max_events_per_file=max_events_per_file,
                 max_batch_age=latency, durability=durability, max_linger=max_linger, mode=mode)
+        Dequeue(max_attempts=max_attempts)
         self._reset()
         if self._private:
             # At exit (exitpriority < 0: after multiprocessing joined this process's children), or
@@ -205,7 +207,8 @@ class Queue:
         self._consumer = Dequeue(root_path=os.path.dirname(self._folder),
                                  queue_name=os.path.basename(self._folder),
                                  serializer=self._settings["serializer"], wait_timeout=0,
-                                 keep_delivered=True, mode=self._settings.get("mode"))
+                                 keep_delivered=True, mode=self._settings.get("mode"),
+                                 max_attempts=self._settings.get("max_attempts", 3))
         self._handles.append(self._consumer)
         self._events = self._consumer.get(_EMPTY)
         return self._consumer

@@ -60,6 +60,7 @@ cdef class Enqueue(_QueueBase):
     # where it is published instead of ready_, or None (see set_aside).
     cdef int64_t _name_ns
     cdef bytes _publish_target
+    cdef bint _publish_dead  # (add_dead_letters: what is published meanwhile goes to dead_)
 
     def __cinit__(self, *args, **kwargs):
         self._mutex = PyThread_allocate_lock()
@@ -197,6 +198,26 @@ cdef class Enqueue(_QueueBase):
             raise
         self._append_chunk(chunk)
         return n
+
+    def add_dead_letters(self, events):
+        """Write events straight into dead_ batches, not ready_: events a consumer gives up on (a
+        broker refuses them for good, say), kept until a person acts (see turbo_queue.dead_letters
+        and turbo_queue.requeue). What this producer had open is published first, as usual. Returns
+        how many were written; raises EncodeError, having written none, if one cannot be encoded."""
+        cdef list stored = [_encode(self._ser, event, self._custom) for event in events]
+        if not stored:
+            return 0
+        self._lock()
+        try:
+            self._publish_locked()
+            self._publish_dead = True
+            for b in stored:
+                self._append_locked(<bytes>b)
+            self._publish_locked()
+        finally:
+            self._publish_dead = False
+            self._unlock()
+        return len(stored)
 
     cdef int _append_chunk(self, list chunk) except -1:
         if not chunk:
@@ -504,7 +525,8 @@ cdef class Enqueue(_QueueBase):
             _crash_point("publish")
             target = self._publish_target
             if target is None:
-                target = _published_path(self._batch_folder, self._rest, count)
+                target = (_dead_batch_path(self._batch_folder, self._rest, count) if self._publish_dead
+                          else _published_path(self._batch_folder, self._rest, count))
             self._publish_target = None
             moved = publish_batch(self._loading_path, target, &err)
             if moved != MOVED:

@@ -3,6 +3,8 @@
 #
 #   loading_<s>_<ns>-<owner>.db -> ready_<s>_<ns>-<owner>-n<events>.db -> chosen_<rest>_<owner> -> deleted
 #   any unreadable batch -> invalid_<name>
+#   a consumer died holding it: chosen_<rest>_<owner>[+h<i>[-<j>]] -> ready_<base>+a<n>+e<i>[-<j>],...db
+#   the events in hand at max_attempts deaths -> dead_<base>-e<i>[-<j>]+a<n>.db (requeue: -> ready_)
 #
 # <s>_<ns> is the creation time (seconds, then nanoseconds in 9 digits): sorting names sorts batches
 # oldest first, one producer's in publish order. <owner> is the 12-hex-digit token of the process
@@ -12,11 +14,12 @@
 
 # -- States: the prefixes, spelled here and nowhere else -------------------------------------------
 
-STATE_PREFIXES = {"loading": "loading_", "ready": "ready_", "chosen": "chosen_", "invalid": "invalid_"}
+STATE_PREFIXES = {"loading": "loading_", "ready": "ready_", "chosen": "chosen_", "invalid": "invalid_",
+                  "dead": "dead_"}
 # What parse_name() can answer: the states above and "legacy", a name of an older pure-Python
 # version (load_, unload_, avail_, assigned_, or 0.5.2's ready_<rest>_temp_hold claim in
 # progress), which only startup recovery (recover_folder(legacy=True)) returns to ready_.
-STATES = ("loading", "ready", "chosen", "invalid", "legacy")
+STATES = ("loading", "ready", "chosen", "invalid", "dead", "legacy")
 _LEGACY_PREFIXES = ("load_", "unload_", "avail_", "assigned_")
 _LEGACY_CLAIM_SUFFIX = "_temp_hold"
 # SQLite's side files go with their batch, never on their own.
@@ -30,34 +33,111 @@ cdef bytes OWNER_LOCK_B = b".owner_"
 cdef bytes OWNER_LOCK_SUFFIX_B = b".lock"
 
 # The rest of a name we write (after the state prefix): <s>_<ns>-<owner>.db while loading, then with
-# -n<events> before .db once published; chosen_ adds _<owner of the claim>.
+# -n<events> before .db once published; chosen_ adds _<owner of the claim>, and +h<i> while a
+# consumer careful with a batch that killed one hands out its events i to j (+h<i> when i == j; see
+# Dequeue._hold).
 _OWN_BATCH = re.compile(r"^(\d+_\d{9}-([0-9a-f]{12})\.db)$")
-_OWN_CHOSEN = re.compile(r"^(\d+_.+\.db)_([0-9a-f]{12})$")
+_OWN_CHOSEN = re.compile(r"^(\d+_.+\.db)_([0-9a-f]{12})(?:\+h(\d+)(?:-(\d+))?)?$")
 _BATCH_REST = re.compile(r"^\d+_.+\.db$")
-_EVENT_COUNT = re.compile(r"-n(\d+)\.db$")
+# A batch's attempts, last before .db: +a<consumers that died holding it>, then +e<the events each
+# had in hand, where known, oldest first: i, or i-j for a batch call's>. "+" appears in no name the
+# pure-Python package writes.
+_ATTEMPTS = re.compile(r"\+a(\d+)(?:\+e(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*))?\.db$")
+_EVENT_COUNT = re.compile(r"-n(\d+)(?:\+a\d+(?:\+e[\d,-]+)?)?\.db$")
+# A dead letter of ours: events <i> to <j> of the batch <base>, set aside after <attempts> deaths.
+_DEAD_LETTER = re.compile(r"-e(\d+)(?:-(\d+))?\+a(\d+)\.db$")
 _EPOCH = re.compile(r"^(\d+)_")
+# The events in hand a name remembers (the latest ones): names stay short.
+cdef int MAX_IN_HAND_KEPT = 3
 
 
 cdef class BatchName:
     """What a file name in a queue folder says: `state` (one of STATES), `rest` (the name after its
     state prefix, as `<epoch>_<id>.db`), `owner` (the token of the process that holds it, or None for
-    names of the pure-Python package), `events` (the event count a published name carries, or None)
-    and `epoch` (its creation time in seconds, or None)."""
+    names of the pure-Python package), `events` (the event count a published name or a dead letter
+    carries, or None), `epoch` (its creation time in seconds, or None), `attempts` (how many
+    consumers died holding it, or for a dead letter before it was set aside), `in_hand` (the events
+    each of the latest of them had in hand, where known, oldest first, as (first, last) indexes),
+    `holding` (chosen_: the (first, last) events its careful consumer hands out now, or None) and
+    `index` (a dead letter: the index of its first event in the batch it came from, or None)."""
     cdef readonly str name, state, rest
-    cdef readonly object owner, events, epoch
+    cdef readonly object owner, events, epoch, holding, index
+    cdef readonly int attempts
+    cdef readonly tuple in_hand
 
     def __repr__(self):
-        return f"BatchName({self.name!r}, state={self.state!r}, owner={self.owner!r}, events={self.events!r})"
+        return (f"BatchName({self.name!r}, state={self.state!r}, owner={self.owner!r}, "
+                f"events={self.events!r}, attempts={self.attempts!r})")
 
 
-cdef BatchName _batch_name(str name, str state, str rest, object owner):
+cdef BatchName _batch_name(str name, str state, str rest, object owner, object holding=None):
     cdef BatchName b = BatchName.__new__(BatchName)
-    b.name, b.state, b.rest, b.owner = name, state, rest, owner
-    m = _EVENT_COUNT.search(rest) if state == "ready" else None
-    b.events = int(m.group(1)) if m else None
+    b.name, b.state, b.rest, b.owner, b.holding = name, state, rest, owner, holding
+    b.events = b.index = None
+    b.attempts, b.in_hand = 0, ()
+    if state == "dead":
+        m = _DEAD_LETTER.search(rest)
+        if m:
+            b.index, b.attempts = int(m.group(1)), int(m.group(3))
+            b.events = int(m.group(2)) - b.index + 1 if m.group(2) else 1
+        else:
+            m = _EVENT_COUNT.search(rest)
+            b.events = int(m.group(1)) if m else None
+    else:
+        if state == "ready":
+            m = _EVENT_COUNT.search(rest)
+            b.events = int(m.group(1)) if m else None
+        if "+a" in rest:
+            b.attempts, b.in_hand = _attempts_of(rest)
     m = _EPOCH.match(rest)
     b.epoch = int(m.group(1)) if m else None
     return b
+
+
+cdef tuple _span(str text):
+    first, _, last = text.partition("-")
+    return (int(first), int(last or first))
+
+
+cdef str _span_text(tuple span):
+    return str(span[0]) if span[0] == span[1] else f"{span[0]}-{span[1]}"
+
+
+cdef tuple _attempts_of(str rest):
+    """(attempts, in_hand) of a batch's rest."""
+    m = _ATTEMPTS.search(rest)
+    if m is None:
+        return 0, ()
+    return int(m.group(1)), tuple(_span(t) for t in m.group(2).split(",")) if m.group(2) else ()
+
+
+cdef str _base_of(str rest):
+    """A batch's rest without its attempts and .db: what names derived from it start with."""
+    m = _ATTEMPTS.search(rest)
+    return rest[:m.start()] if m else rest[:-3]
+
+
+cdef str _died_rest(str rest, object holding):
+    """The rest of a batch given back after its consumer died holding it (or failed with it): one
+    more attempt, and the events it had in hand (`holding`: (first, last), or None when unknown)
+    remembered last."""
+    cdef int attempts
+    cdef tuple in_hand
+    attempts, in_hand = _attempts_of(rest)
+    kept = [span for span in in_hand if span != holding]
+    if holding is not None:
+        kept.append(holding)
+    kept = kept[-MAX_IN_HAND_KEPT:]
+    tail = f"+a{attempts + 1}" + ("+e" + ",".join(_span_text(span) for span in kept) if kept else "")
+    return _base_of(rest) + tail + ".db"
+
+
+cdef str _with_suffix(str rest, str suffix):
+    """The rest with `suffix` added before its attempts (so that they are kept)."""
+    m = _ATTEMPTS.search(rest)
+    if m is None:
+        return rest[:-3] + suffix + ".db"
+    return rest[:m.start()] + suffix + rest[m.start():]
 
 
 def parse_name(name):
@@ -80,14 +160,28 @@ def parse_name(name):
         rest = name[7:]
         m = _OWN_CHOSEN.match(rest)
         if m:
-            return _batch_name(name, "chosen", m.group(1), m.group(2))
+            return _batch_name(name, "chosen", m.group(1), m.group(2),
+                               (int(m.group(3)), int(m.group(4) or m.group(3))) if m.group(3) else None)
         return _batch_name(name, "chosen", rest, None)
     if name.startswith("invalid_"):
         return _batch_name(name, "invalid", name[8:], None)
+    if name.startswith("dead_"):
+        if not name.endswith(".db"):
+            return None
+        return _batch_name(name, "dead", name[5:], None)
     for prefix in _LEGACY_PREFIXES:
         if name.startswith(prefix):
             return _batch_name(name, "legacy", name[len(prefix):], None)
     return None
+
+
+def dead_letter_source(name):
+    """The ready_ name of the batch a dead letter of ours came from (without its attempts), or None."""
+    cdef BatchName b = parse_name(name)
+    if b is None or b.state != "dead" or b.index is None:
+        return None
+    m = _DEAD_LETTER.search(b.rest)
+    return "ready_" + b.rest[:m.start()] + ".db"
 
 
 def events_in_name(name):
@@ -127,6 +221,26 @@ cdef inline bytes _ready_path(bytes folder, bytes rest):
 
 cdef inline bytes _chosen_path(bytes folder, bytes rest, bytes token):
     return folder + CHOSEN_B + rest + b"_" + token
+
+
+cdef inline bytes _holding_path(bytes folder, bytes rest, bytes token, tuple span):
+    # A careful consumer's claim with the events it is about to hand out: what recovery reads.
+    return folder + CHOSEN_B + rest + b"_" + token + b"+h" + _span_text(span).encode()
+
+
+cdef str _dead_prefix(str rest, tuple span):
+    # dead_<the batch's base>-e<first>[-<last>]+a: the name of a dead letter, up to its attempts.
+    return f"dead_{_base_of(rest)}-e{_span_text(span)}+a"
+
+
+cdef bytes _dead_path(bytes folder, str rest, tuple span, int attempts):
+    # ...+a<attempts>.db: events that consumers had in hand when `attempts` of them died.
+    return folder + f"{_dead_prefix(rest, span)}{attempts}.db".encode()
+
+
+cdef inline bytes _dead_batch_path(bytes folder, bytes rest, Py_ssize_t events):
+    # dead_<s>_<ns>-<owner>-n<events>.db: events a consumer gave up on (add_dead_letters).
+    return folder + b"dead_" + rest[:-3] + b"-n%d.db" % events
 
 
 cdef inline bytes _set_aside_path(bytes folder, bytes rest, Py_ssize_t index):
@@ -265,6 +379,12 @@ cdef inline Moved give_back_batch(bytes chosen, bytes ready, int *err) noexcept:
     return _move(chosen, ready, False, err)
 
 
+cdef inline Moved hold_event(bytes chosen, bytes holding, int *err) noexcept:
+    """chosen_... -> chosen_...+h<i>: a careful consumer says which event it is about to hand out,
+    so that if it dies with it, recovery knows (its lock is on the file and goes with it)."""
+    return _move(chosen, holding, True, err)
+
+
 cdef Moved finish_batch(bytes chosen, int *err) noexcept:
     """Delete a batch whose every event was handed out."""
     cdef const char *p = chosen
@@ -323,8 +443,44 @@ cdef str publish_leftover(bytes folder, str name, str rest, str state, Py_ssize_
             # An earlier recovery died between link() and unlink(): the batch is already ready_.
             os.unlink(src)
             return "published"
-        rest = rest[:-3] + f"-r{attempt}.db"
+        rest = _with_suffix(rest, f"-r{attempt}")
     raise os_error(EEXIST, "publish recovered batch", src)
+
+
+cdef bytes _requeued_name(BatchName b, Py_ssize_t events):
+    """ready_<s>_<ns>-<new id>-n<events>.db: a dead letter back in line at the place of the batch it
+    came from, with no attempts."""
+    cdef int64_t ns = _ns_of_rest(b.rest)
+    if ns == 0 and b.epoch is not None:
+        ns = <int64_t>b.epoch * 1000000000
+    count = f"-n{events}" if events >= 0 else ""  # (unknown: consumers and stats count the rows)
+    return f"ready_{ns // 1000000000}_{ns % 1000000000:09d}-{secrets.token_hex(6)}{count}.db".encode()
+
+
+def requeue_dead_letter(folder, name, Py_ssize_t events):
+    """Return the dead letter `name` of `folder` (holding `events` events, or -1: unknown) to ready_,
+    in line where its batch was, with its attempts reset, without opening it (what is no batch is
+    quarantined by the consumer that claims it). Returns the new name, or None if it was gone."""
+    cdef BatchName b = parse_name(name)
+    cdef bytes folder_b = os.fsencode(os.path.join(os.fspath(folder), ""))
+    cdef bytes target
+    cdef int err = 0
+    cdef Moved moved
+    if b is None or b.state != "dead":
+        raise ValueError(f"turbo_queue: {name!r} is not a dead letter (dead_...db)")
+    _crash_point("requeue")
+    for attempt in range(100):
+        target = _requeued_name(b, events)
+        moved = _move(folder_b + os.fsencode(b.name), folder_b + target, False, &err)
+        if moved == MOVED:
+            logger.warning("turbo_queue: requeued dead letter %s%s as %s", os.fsdecode(folder_b), b.name,
+                           os.fsdecode(target))
+            return os.fsdecode(target)
+        if moved == GONE:
+            return None
+        if moved == FAILED:
+            raise os_error(err, "requeue dead letter", folder_b + os.fsencode(b.name))
+    raise os_error(EEXIST, "requeue dead letter", folder_b + os.fsencode(b.name))
 
 
 # -- Looking at the folder -----------------------------------------------------------------------------

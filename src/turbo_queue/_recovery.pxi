@@ -121,6 +121,9 @@ cdef Leftover _recover_locked(bytes folder, BatchName b, int fd, struct_stat *st
     if jst is not None and not stat_module.S_ISREG(jst.st_mode):
         return LEFT_QUARANTINED if quarantine(folder, b.name, "its -journal is not a regular file") else LEFT_GONE
     rollback = jst is not None and jst.st_size > 0
+    if b.state == "chosen" and st.st_nlink > 1 and _also_ready(folder, st):
+        # Its consumer died giving it back, between link() and unlink(): it is ready_ already.
+        return LEFT_PUBLISHED if _remove_leftover(src, "second name of a batch given back") else LEFT_GONE
     if rollback and st.st_nlink > 1:  # rolling it back would write through its other names
         return LEFT_QUARANTINED if quarantine(folder, b.name, "a hot journal and other hard links") else LEFT_GONE
     if rollback and not own_loading and not _schema_may_be_a_batch(src):
@@ -137,7 +140,23 @@ cdef Leftover _recover_locked(bytes folder, BatchName b, int fd, struct_stat *st
     if n == 0:
         # A producer that died before its first commit leaves a file without events.
         return LEFT_EMPTY if _remove_leftover(src, "empty leftover batch") else LEFT_GONE
-    return LEFT_PUBLISHED if publish_leftover(folder, b.name, b.rest, b.state, n) == "published" else LEFT_GONE
+    # A consumer of ours died holding it: one more attempt, and the event it had in hand (known
+    # when it was careful, see Dequeue._hold) remembered, so that consumers can tell a poison event.
+    rest = _died_rest(b.rest, b.holding) if b.state == "chosen" and b.owner is not None else b.rest
+    return LEFT_PUBLISHED if publish_leftover(folder, b.name, rest, b.state, n) == "published" else LEFT_GONE
+
+
+cdef bint _also_ready(bytes folder, struct_stat *st) except -1:
+    """Whether a ready_ name of `folder` is the file `st` (a batch with two names)."""
+    for name in os.listdir(folder):
+        if name.startswith(READY_B):
+            try:
+                other = os.lstat(folder + name)
+            except FileNotFoundError:
+                continue
+            if other.st_ino == st.st_ino and other.st_dev == st.st_dev:
+                return True
+    return False
 
 
 cdef bint _remove_leftover(bytes src, str what) except -1:

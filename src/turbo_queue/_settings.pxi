@@ -15,9 +15,10 @@ cdef inline int _check_bool(str name, object value) except -1:
     return 0
 
 
-# The longest name we give a file, past the folder's path (chosen_ with two tokens and a count,
-# "-journal" beside it), for the check against SQLite's limit on a path.
-cdef Py_ssize_t LONGEST_BATCH_NAME = 100
+# The longest name we give a file, past the folder's path (chosen_ with two tokens, a count, the
+# attempts and the events in hand, +h<i>, "-journal" beside it), for the check against SQLite's
+# limit on a path.
+cdef Py_ssize_t LONGEST_BATCH_NAME = 140
 # What a file system allows for one name (NAME_MAX on Linux and macOS).
 cdef Py_ssize_t NAME_MAX = 255
 # SQLite's limit on a path (its default VFS's mxPathname; 512 unless built otherwise).
