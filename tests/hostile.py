@@ -178,6 +178,9 @@ def plant_one(folder, outside, rng, n):
         f"avail_{n}_x.db", f"ready_{n}_x.db_temp_hold",
         # Names that match the grammar only in part.
         "ready_.db", f"ready_{n}", f"ready_x{n}.db", f"chosen_{n}", f"loading_{n}", f"invalid_{n}.db",
+        # Dead letters (and names like them): shown by `dead`, moved by `requeue --all`, never opened.
+        f"dead_{n}_planted.db", f"dead_{n}_{n}-{token}-n5-e3+a3.db", f"dead_{n}", f"ready_{n}_x+a9+e1,2.db",
+        f"chosen_{n}_x.db_{token}+h3",
     ])
     path = os.path.join(folder, name)
     if os.path.lexists(path):
@@ -329,7 +332,8 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
     drained = os.path.join(base, "drained.jsonl")
     for args in (["stats", root], ["stats", root, "q", "--json"], ["watch", root, "--count", "1"],
                  ["peek", root, "q", "-n", "50"], ["recover", root, "q"], ["recover", root, "q", "--json"],
-                 ["drain", root, "q", "--to", drained]):
+                 ["dead", root, "q"], ["dead", root, "q", "--json", "-n", "20"],
+                 ["requeue", root, "q", "--all"], ["drain", root, "q", "--to", drained]):
         try:
             rc, out, err, took = run_cli(args)
         except subprocess.TimeoutExpired:

@@ -46,7 +46,8 @@ def test_stats_json(queue):
     assert len(out) == 1
     s = out[0]
     assert s["queue"] == "jobs"
-    assert s["files"] == {"loading": 0, "ready": 3, "chosen": 1, "invalid": 1, "legacy": 0}
+    assert s["files"] == {"loading": 0, "ready": 3, "chosen": 1, "invalid": 1, "dead": 0, "legacy": 0}
+    assert s["dead_events"] == 0
     assert s["events_waiting"] == 25  # 35 events in batches of 10, one batch held
     assert list(s["batches_held_per_consumer"].values()) == [1]
     assert s["dead_holders"] == list(s["batches_held_per_consumer"])  # its owner is dead

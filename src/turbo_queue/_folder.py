@@ -24,6 +24,7 @@ class QueueStats:
     path: str
     files: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
     events_waiting: int = 0
+    dead_events: int = 0
     oldest_ready_age_s: float | None = None
     held_by: dict[str, int] = field(default_factory=dict)
     dead_holders: list[str] = field(default_factory=list)
@@ -31,12 +32,13 @@ class QueueStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"queue": self.name, "path": self.path, "files": dict(self.files),
-                "events_waiting": self.events_waiting, "oldest_ready_age_s": self.oldest_ready_age_s,
+                "events_waiting": self.events_waiting, "dead_events": self.dead_events,
+                "oldest_ready_age_s": self.oldest_ready_age_s,
                 "batches_held_per_consumer": dict(self.held_by), "dead_holders": list(self.dead_holders)}
 
 
 def events_in_batch(folder: str, b: BatchName) -> int:
-    """Events in a ready_ batch: from its name when it carries the count (ours do), else counted
+    """Events in a ready_ or dead_ batch: from its name when it carries the count (ours do), else counted
     (0 when it cannot be read: a consumer will quarantine it)."""
     if b.events is not None:
         return int(b.events)
@@ -88,6 +90,8 @@ def queue_stats(folder: str, now: float | None = None) -> QueueStats:
             stats.events_waiting += events_in_batch(folder, b)
             if b.epoch is not None and (oldest is None or b.epoch < oldest):
                 oldest = b.epoch
+        elif b.state == "dead":
+            stats.dead_events += events_in_batch(folder, b)
         elif b.state == "chosen":
             holder = b.owner if b.owner is not None else "(pure-Python consumer)"
             stats.held_by[holder] = stats.held_by.get(holder, 0) + 1

@@ -40,18 +40,27 @@ def _fmt_age(age: float | None) -> str:
     return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min"
 
 
+# States shown in the table only where some queue has such files: they need a person's eye.
+_EXCEPTIONAL_STATES = ("invalid", "dead", "legacy")
+
+
 def stats_table(rich: Any, snapshots: list[_folder.QueueStats], rates: dict[str, tuple[float, float]] | None = None) -> Any:
     table = rich.table.Table(title="turbo-queue", expand=False)
-    for col in ("queue", *STATES, "events waiting", "oldest ready", "held per consumer"):
-        table.add_column(col, justify="left" if col in ("queue", "held per consumer") else "right")
+    states = [k for k in STATES
+              if k not in _EXCEPTIONAL_STATES or any(s.files[k] for s in snapshots)]
+    dead = "dead" in states
+    for col in ("queue", *states, "events waiting", *(["dead events"] if dead else []),
+                "oldest ready", "held per consumer"):
+        table.add_column(col, justify="left" if col in ("queue", "held per consumer") else "right",
+                         no_wrap=col == "queue")
     if rates is not None:
         table.add_column("in/s", justify="right")
         table.add_column("out/s", justify="right")
     for s in snapshots:
         held = ", ".join(f"{k}:{v}" + (" (dead)" if k in s.dead_holders else "")
                          for k, v in sorted(s.held_by.items())) or "-"
-        row = [s.name, *(str(s.files[k]) for k in STATES), f"{s.events_waiting:,}",
-               _fmt_age(s.oldest_ready_age_s), held]
+        row = [s.name, *(str(s.files[k]) for k in states), f"{s.events_waiting:,}",
+               *([f"{s.dead_events:,}"] if dead else []), _fmt_age(s.oldest_ready_age_s), held]
         if rates is not None:
             rin, rout = rates.get(s.path, (0.0, 0.0))
             row += [f"{rin:,.0f}", f"{rout:,.0f}"]
@@ -123,12 +132,53 @@ def cmd_peek(args: argparse.Namespace) -> int:
     return 2 if undecodable else 0
 
 
+def cmd_dead(args: argparse.Namespace) -> int:
+    from turbo_queue import dead_letters
+
+    (folder,) = _folder.queue_folders(args.root, args.queue)
+    letters = dead_letters(folder, args.n)
+    undecodable = 0
+    for d in letters:
+        try:
+            event, decoded = d.decode(args.serializer), True
+        except Exception:  # any serializer's own error: shown as stored
+            event, decoded = d.value, False
+            undecodable += 1
+        entry = {"file": d.file, "row": d.row, "source": d.source, "index": d.index,
+                 "attempts": d.attempts, "decoded": decoded, "event": _jsonable(event)}
+        if args.json:
+            print(json.dumps(entry, default=repr, ensure_ascii=False))
+        else:
+            where = f"event {d.index} of {d.source}" if d.index is not None else f"row {d.row}"
+            print(f"{d.file}: {where}, {d.attempts} attempts: "
+                  f"{json.dumps(_jsonable(event), default=repr, ensure_ascii=False)}"
+                  + ("" if decoded else f"  (bytes: not decodable with --serializer {args.serializer})"))
+    if not args.json:
+        print(f"{len(letters)} dead letters in {folder}" + (f" (first {args.n})" if args.n else "")
+              + ("; return them with: turbo-queue requeue ROOT QUEUE --all" if letters else ""),
+              file=sys.stderr)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from turbo_queue import requeue
+
+    (folder,) = _folder.queue_folders(args.root, args.queue)
+    if bool(args.names) == args.all:
+        raise ValueError("requeue takes the names of dead letters (see `turbo-queue dead`), or --all")
+    moved = requeue(folder, None if args.all else args.names, all=args.all)
+    for name in moved:
+        print(name)
+    print(f"requeued {len(moved)} dead letters in {folder}", file=sys.stderr)
+    return 0
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     import turbo_queue
 
     (folder,) = _folder.queue_folders(args.root, args.queue)
     d = turbo_queue.dequeue(root_path=args.root, queue_name=args.queue, wait_timeout=0,
-                            serializer=args.serializer)
+                            serializer=args.serializer, max_attempts=args.max_attempts)
     written = skipped = 0
     with open(args.to, "a", encoding="utf-8") as out:
         while True:
@@ -203,7 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("queue")
     d.add_argument("--to", required=True, metavar="FILE.jsonl")
     d.add_argument("--serializer", choices=SERIALIZERS, default="json")
+    d.add_argument("--max-attempts", type=int, default=3,
+                   help="consumers that may die holding a batch before the event in hand is set aside (0: never)")
     d.set_defaults(func=cmd_drain)
+
+    x = sub.add_parser("dead", help="show dead-lettered events: those that killed max_attempts consumers (read-only)")
+    x.add_argument("root")
+    x.add_argument("queue")
+    x.add_argument("-n", type=int, default=None, help="show at most N")
+    x.add_argument("--json", action="store_true", help="one JSON object per line")
+    x.add_argument("--serializer", choices=SERIALIZERS, default="json")
+    x.set_defaults(func=cmd_dead)
+
+    q = sub.add_parser("requeue", help="return dead letters to the queue, attempts reset")
+    q.add_argument("root")
+    q.add_argument("queue")
+    q.add_argument("names", nargs="*", metavar="NAME", help="dead_ files, as `turbo-queue dead` shows them")
+    q.add_argument("--all", action="store_true", help="every dead letter of the queue")
+    q.set_defaults(func=cmd_requeue)
 
     m = sub.add_parser("demo", help="one producer feeding many consumer processes, beside multiprocessing.Queue")
     m.add_argument("--events", type=int, default=500_000)
