@@ -537,11 +537,12 @@ def test_backpressure_pauses_partitions_without_leaving_the_group(kafka_broker, 
         assert host.stop("source") == 0
 
 
-def test_sink_retries_what_failed_to_deliver_and_produces_nothing_twice(kafka_broker, tmp_path, caplog, report):
+def test_sink_sets_aside_what_the_broker_refuses_for_good_and_produces_nothing_twice(kafka_broker, tmp_path, caplog, report):
     # The topic refuses record batches over 20,000 bytes, and one large event is keyed to one of its
-    # two partitions: what goes to that partition fails, what goes to the other is delivered.
+    # two partitions: the requests that carry it fail whole, with the small events beside it.
     topic = new_topic(kafka_broker, 2, config={"max.message.bytes": "20000"})
     root = str(tmp_path)
+    folder = os.path.join(root, "out")
     big = 7
     with turbo_queue.Enqueue(root_path=root, queue_name="out", serializer=kafka.RECORDS) as q:
         q.add_many(kafka.Record(orjson.dumps({"id": i, "pad": "y" * (50_000 if i == big else 10)}),
@@ -552,19 +553,22 @@ def test_sink_retries_what_failed_to_deliver_and_produces_nothing_twice(kafka_br
     caplog.set_level(logging.WARNING, "turbo_queue")
     thread.start()
     try:
-        wait_for(lambda: sink.requeued >= 1, 60, "the sink to requeue what kept failing")
-        delivered_before_fix = sum(high_watermarks(kafka_broker, topic).values())
-        assert 0 < delivered_before_fix < 100, delivered_before_fix
-        # Not lost: the failed events wait in the queue folder, in a batch of their own.
-        assert batch_files(os.path.join(root, "out")), "the failed events are not in the queue"
+        # Retried alone, the small events are delivered; the large one, refused 3 times, is set
+        # aside as a dead letter instead of going round the queue without end.
+        wait_for(lambda: sink.events >= 99, 60, "every event but the large one to be delivered")
+        assert sink.dead_lettered == 1 and sink.requeued == 0
+        letters = turbo_queue.dead_letters(folder)
+        assert [orjson.loads(kafka.RECORDS.loads(d.value).value)["id"] for d in letters] == [big]
         assert "MSG_SIZE_TOO_LARGE" in caplog.text or "too large" in caplog.text.lower()
-        # The fault is fixed: the next round delivers them.
+        assert [n for n in os.listdir(folder) if n.startswith(("ready_", "chosen_"))] == []
+        # The fault is fixed and the dead letter requeued: the sink delivers it.
         admin = AdminClient({**QUIET, "bootstrap.servers": kafka_broker.bootstrap})
         entry = ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource("topic", topic, incremental_configs=[entry])
         for f in admin.incremental_alter_configs([resource]).values():
             f.result(10)
-        wait_for(lambda: sink.events >= 100, 60, "every event to be delivered")
+        assert len(turbo_queue.requeue(folder, all=True)) == 1
+        wait_for(lambda: sink.events >= 100, 60, "the requeued event to be delivered")
     finally:
         sink.stop()
         thread.join(60)
@@ -572,9 +576,9 @@ def test_sink_retries_what_failed_to_deliver_and_produces_nothing_twice(kafka_br
     ids = Counter(orjson.loads(m.value())["id"] for m in msgs)
     assert set(ids) == set(range(100))
     assert len(msgs) == 100, f"{len(msgs) - 100} events were produced twice"
-    assert batch_files(os.path.join(root, "out")) == []
-    report(f"{delivered_before_fix} of 100 delivered at first, {sink.requeued} requeued, "
-           f"{len(msgs)} delivered in all")
+    assert batch_files(folder) == []
+    report(f"99 of 100 delivered at first, 1 set aside after 3 refusals, requeued, {len(msgs)} "
+           f"delivered in all")
 
 
 def test_08_style_json_connectors(kafka_broker, tmp_path):

@@ -443,7 +443,10 @@ class KafkaSink(_Connector):
     client has a delivery report for every one of them (a fence). Only failures are reported
     (``delivery.report.only.error``): no Python call per event, which is what a per-event callback
     costs. Failed events are produced again (only those), up to ``max_attempts`` rounds with
-    backoff; those that still fail are put back into the queue as a new batch, to be retried later.
+    backoff; those that still fail are put back into the queue as a new batch, to be retried later,
+    except those the broker refused for good (too large for the topic, invalid: errors that are not
+    retriable), which are set aside as dead letters (``turbo-queue dead``). ``max_attempts`` is also
+    the queue's: a batch that killed that many sinks has the event in hand set aside.
     Then the claimed batches are deleted: an event that was delivered is never produced again
     unless the sink is killed (or stopped while reports are outstanding: then the claimed batches
     are given back whole).
@@ -469,9 +472,11 @@ class KafkaSink(_Connector):
         self.batches = 0        # batches deleted after every event was acknowledged
         self.given_back = 0     # batches returned to the queue whole (stopped or an error)
         self.requeued = 0       # events put back into the queue after failing every attempt
+        self.dead_lettered = 0  # events set aside as dead letters: refused for good every attempt
         self._producer: Any = None
         self._queues: list[Dequeue] = []
-        self._failed: list[tuple[Any, ...]] = []  # (value, key, headers, timestamp, reason)
+        # (value, key, headers, timestamp, reason, permanent: the error is not retriable)
+        self._failed: list[tuple[Any, ...]] = []
         self._produce_one: Optional[Callable[[Any], None]] = None
 
     def open(self) -> None:
@@ -488,8 +493,8 @@ class KafkaSink(_Connector):
         self._producer = Producer(conf)
         self._produce_one = self._producer_for(self.value_format)
         settings = self._queue_settings()
-        self._queues = [Dequeue(**settings, serializer=_STORED_AS[self.value_format])
-                        for _ in range(self.max_in_flight)]
+        self._queues = [Dequeue(**settings, serializer=_STORED_AS[self.value_format],
+                                max_attempts=self.max_attempts) for _ in range(self.max_in_flight)]
         logger.info("turbo_queue.kafka: sink %s/%s -> %s started", self.turbo_queue_root_path,
                     self.turbo_queue_queue_name, self.kafka_producer_topic)
 
@@ -498,7 +503,8 @@ class KafkaSink(_Connector):
 
     def _report(self, err: Any, msg: Any) -> None:
         if err is not None:  # successes too, if the user's config asked for them
-            self._failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err)))
+            self._failed.append((msg.value(), msg.key(), msg.headers(), _timestamp(msg), str(err),
+                                 _permanent(err)))
 
     def _producer_for(self, value_format: str) -> Callable[[Any], None]:
         produce = self._producer.produce
@@ -570,10 +576,14 @@ class KafkaSink(_Connector):
             self._failed = []
             attempt += 1
             produce, topic = self._producer.produce, self.kafka_producer_topic
-            for value, key, headers, ts, _reason in failed:
+            for value, key, headers, ts, _reason, refused in failed:
                 self._produce_retrying(lambda: produce(topic, value, key, headers=headers,
                                                        timestamp=ts or 0),
                                        (value, key, headers, ts))
+                # A broker refuses a whole request for one event in it (too large): each such event
+                # goes again alone, so that only the one at fault keeps failing.
+                if refused and not self._fence():
+                    return False
             if not self._fence():
                 return False
         return True
@@ -581,23 +591,38 @@ class KafkaSink(_Connector):
     def _requeue_failed(self) -> int:
         """Publish the events that still failed as a new batch of this queue, so that the batches
         they came from can be deleted: they are retried later, and the events that were delivered
-        are not produced twice."""
+        are not produced twice. Those refused for good go to a dead_ batch instead."""
         failed, self._failed = self._failed, []
-        fmt = self.value_format
-        serializer: Any = {"record": RECORDS, "bytes": "raw", "json": "json"}[fmt]
+        dead = [f for f in failed if f[5]]
+        again = [f for f in failed if not f[5]]
+        serializer: Any = {"record": RECORDS, "bytes": "raw", "json": "json"}[self.value_format]
         with Enqueue(**self._queue_settings(), serializer=serializer,
-                     max_events_per_file=len(failed)) as queue:
-            if fmt == "record":
-                queue.add_many(Record(v, k, tuple(h) if h else None, ts) for v, k, h, ts, _ in failed)
-            elif fmt == "bytes":
-                queue.add_many(v for v, *_ in failed)
-            else:
-                queue.add_many(orjson.loads(v) for v, *_ in failed)
-        self.requeued += len(failed)
-        logger.error("turbo_queue.kafka: %d events could not be delivered after %d attempts (%s); "
-                     "they were put back into the queue as a new batch, to be retried",
-                     len(failed), self.max_attempts, failed[0][4])
+                     max_events_per_file=len(failed) + 1) as queue:
+            if again:
+                queue.add_many(self._as_events(again))
+            if dead:
+                queue.add_dead_letters(self._as_events(dead))
+        if again:
+            self.requeued += len(again)
+            logger.error("turbo_queue.kafka: %d events could not be delivered after %d attempts (%s); "
+                         "they were put back into the queue as a new batch, to be retried",
+                         len(again), self.max_attempts, again[0][4])
+        if dead:
+            self.dead_lettered += len(dead)
+            logger.error("turbo_queue.kafka: %d events were refused by the broker for good, %d times "
+                         "each (%s); they were set aside as dead letters in %s/%s: see them with "
+                         "`turbo-queue dead`, return them with `turbo-queue requeue`", len(dead),
+                         self.max_attempts, dead[0][4], self.turbo_queue_root_path,
+                         self.turbo_queue_queue_name)
         return len(failed)
+
+    def _as_events(self, failed: list[tuple[Any, ...]]) -> list[Any]:
+        """Failed deliveries as the queue's events again."""
+        if self.value_format == "record":
+            return [Record(v, k, tuple(h) if h else None, ts) for v, k, h, ts, *_ in failed]
+        if self.value_format == "bytes":
+            return [v for v, *_ in failed]
+        return [orjson.loads(v) for v, *_ in failed]
 
     def _produce_batch(self, queue: Dequeue, events: list[Any]) -> None:
         if self.value_format == "record":
@@ -612,7 +637,7 @@ class KafkaSink(_Connector):
                     record = self._record_at(queue, events, k)
                     self._failed.append((record.value, record.key,
                                          list(record.headers) if record.headers else None,
-                                         record.timestamp, str(e)))
+                                         record.timestamp, str(e), _permanent(e)))
                 if i_next < n:
                     self._producer.poll(0.05)  # the client's queue is full: let it drain
                 i = i_next
@@ -625,7 +650,7 @@ class KafkaSink(_Connector):
             except BufferError:
                 self._produce_retrying(lambda: one(event), event)
             except KafkaException as e:
-                self._failed.append(self._as_failed(event, str(e)))
+                self._failed.append(self._as_failed(event, e))
 
     def _produce_retrying(self, call: Callable[[], None], event: Any) -> None:
         while True:
@@ -637,7 +662,7 @@ class KafkaSink(_Connector):
             except KafkaException as e:
                 # Refused before sending (too large for the client, say): a failed delivery, so
                 # the batch is never deleted with this event missing.
-                self._failed.append(self._as_failed(event, str(e)))
+                self._failed.append(self._as_failed(event, e))
                 return
 
     def _record_at(self, queue: Dequeue, packed: list[bytes], k: int) -> Record:
@@ -649,12 +674,13 @@ class KafkaSink(_Connector):
                 f"Record ({e}). The batch was given back. Producers into this queue must use "
                 f"serializer=turbo_queue.kafka.RECORDS, or run the sink with value_format='bytes'.") from e
 
-    def _as_failed(self, event: Any, reason: str) -> tuple[Any, ...]:
+    def _as_failed(self, event: Any, error: BaseException) -> tuple[Any, ...]:
+        reason, permanent = str(error), _permanent(error)
         if isinstance(event, tuple):
-            return (*event[:4], reason)
+            return (*event[:4], reason, permanent)
         if self.value_format == "json":
-            return (orjson.dumps(event), None, None, None, reason)
-        return (event, None, None, None, reason)
+            return (orjson.dumps(event), None, None, None, reason, permanent)
+        return (event, None, None, None, reason, permanent)
 
     def _give_back(self, claimed: list[tuple[Dequeue, int]], reason: str) -> None:
         if not claimed:
@@ -677,6 +703,21 @@ class KafkaSink(_Connector):
             self._queues = []
             self._producer = None
         logger.info("turbo_queue.kafka: sink stopped after %d events", self.events)
+
+
+# Errors that refuse the event itself, so that producing it again cannot succeed; any other (the
+# broker away, no such topic, not authorized) is the pipeline's, and its events are retried.
+_REFUSES_THE_EVENT = frozenset(getattr(KafkaError, name) for name in (
+    "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_MSG", "INVALID_MSG_SIZE", "INVALID_RECORD",
+    "RECORD_LIST_TOO_LARGE", "INVALID_TIMESTAMP", "_BAD_MSG") if hasattr(KafkaError, name))
+
+
+def _permanent(error: Any) -> bool:
+    """Whether a delivery failed for good (see _REFUSES_THE_EVENT): a KafkaError, or a
+    KafkaException holding one."""
+    err = error.args[0] if isinstance(error, KafkaException) and error.args else error
+    code = getattr(err, "code", None)
+    return callable(code) and code() in _REFUSES_THE_EVENT
 
 
 def _names(partitions: Iterable[Any]) -> str:
