@@ -72,10 +72,13 @@ cdef extern from "_tq_os.h" nogil:
     int tq_write_errno(int sqlite_errno)
     int tq_watch_open(const char *dir)
     int tq_watch_wait(int fd, double timeout, const char *prefix)
-    int tq_has_null_token(const char *p, size_t n)
     int tq_has_digit_run(const char *p, size_t n, size_t limit)
     int TQ_HAVE_MEMDB
     int tq_open_memory_batch(sqlite3 **db, unsigned char **buf, sqlite3_int64 *cap)
     unsigned char *tq_memory_batch_image(sqlite3 *db, sqlite3_int64 *size, sqlite3_int64 *cap)
     int tq_write_image_body(int fd, const unsigned char *p, sqlite3_int64 n)
     int tq_write_image_magic(int fd, const unsigned char *p, int durable)
+
+
+cdef extern from "_tq_json.h":
+    bint tq_json_plain(object v)

@@ -6,7 +6,8 @@ A queue is a folder of SQLite files, one batch of events each. Processes coordin
 file names and rename(2); the protocol unit spells every name and makes every move. Units, lowest
 first (each includes only what is above it in this list, and says in its first line what it owns):
 
-    _capi.pxd         the C functions called: SQLite's API and the POSIX helpers of _tq_os.h
+    _capi.pxd         the C functions called: SQLite's API, the POSIX helpers of _tq_os.h and
+                      the JSON value walk of _tq_json.h
     _errors.pxi       SQLite codes and errno to exceptions (the one error translator)
     _crash.pxi        crash points, the test hook of the crash tests
     _batchfile.pxi    the batch file: schema, pragmas, creating, writing and reading one

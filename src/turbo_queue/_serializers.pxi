@@ -22,40 +22,22 @@ cdef object _std_dumps = _stdjson.dumps
 cdef object _std_loads = _stdjson.loads
 cdef object _pickle_dumps = _pickle.dumps
 cdef object _pickle_loads = _pickle.loads
-cdef object ORJSON_OPTS = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-                           | orjson.OPT_PASSTHROUGH_SUBCLASS)
 cdef object _msgpack_packb = None
 cdef object _msgpack_unpackb = None
 
 
-cdef bint _has_nonfinite(object v, int depth):
-    # Only reached when orjson wrote a null: was it a None, or a NaN/Infinity it turned into null?
-    if isinstance(v, float):
-        return not math.isfinite(v)
-    if depth > 200 or not isinstance(v, (dict, list, tuple, str, int, type(None))):
-        return True  # (an Enum whose value is NaN: orjson wrote null, json.dumps refuses it)
-    if isinstance(v, dict):
-        for x in (<dict>v).values():
-            if _has_nonfinite(x, depth + 1):
-                return True
-    elif isinstance(v, (list, tuple)):
-        for x in v:
-            if _has_nonfinite(x, depth + 1):
-                return True
-    return False
-
-
 cdef bytes _json_encode(object value):
-    cdef bytes b
+    # Only what orjson writes as json.dumps does goes to orjson (see _tq_json.h): anything else (an
+    # Enum, a UUID, a subclass, NaN) to the standard library, which writes or refuses it as the
+    # original package does.
+    if not tq_json_plain(value):
+        return _std_json_encode(value)
     try:
-        b = _orjson_dumps(value, None, ORJSON_OPTS)
+        return _orjson_dumps(value)
     except TypeError:
-        # Non-str keys, integers beyond 64 bits, str subclasses, invalid surrogates...: the
-        # standard library handles them as the original does, or raises naming the type.
+        # Integers beyond 64 bits, lone surrogates...: the standard library handles them as the
+        # original does, or raises naming the type.
         return _std_json_encode(value)
-    if tq_has_null_token(PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b)) and _has_nonfinite(value, 0):
-        return _std_json_encode(value)
-    return b
 
 
 cdef bytes _std_json_encode(object value):

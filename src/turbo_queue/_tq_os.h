@@ -330,20 +330,6 @@ static int tq_watch_wait(int fd, double timeout, const char *prefix) {
     }
 }
 
-/* True when `p` holds the JSON token null (after ':', ',', '[' or at the start). orjson writes
- * NaN and Infinity as null where the standard library writes NaN/Infinity, so such output is
- * checked further. memchr keeps this to a few ns for a typical event. */
-static int tq_has_null_token(const char *p, size_t n) {
-    const char *q = p, *end = p + n;
-    while (end - q >= 4 && (q = (const char *)memchr(q, 'n', (size_t)(end - q - 3))) != NULL) {
-        if (q[1] == 'u' && q[2] == 'l' && q[3] == 'l' &&
-            (q == p || q[-1] == ':' || q[-1] == ',' || q[-1] == '['))
-            return 1;
-        q++;
-    }
-    return 0;
-}
-
 #define TQ_IS_DIGIT(c) ((unsigned)((c) - '0') < 10u)
 
 /* True when `p` holds a run of at least `limit` (> 0) digits: orjson reads integers beyond 64
