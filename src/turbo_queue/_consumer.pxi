@@ -119,6 +119,9 @@ cdef class Dequeue(_QueueBase):
     cdef Py_ssize_t _free_end
     cdef bint _careful
     cdef int _max_attempts
+    # What counters() reports besides the event and batch counts (none is on the per-event path).
+    cdef double _waited_s
+    cdef long long _reclaimed, _quarantined, _set_aside, _dead_lettered
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -402,6 +405,7 @@ cdef class Dequeue(_QueueBase):
             self._total_gets -= 1
             raise
         self._total_gets -= 1  # set aside, not handed out
+        self._set_aside += 1
         logger.error("turbo_queue: event %d of batch %s cannot be decoded with serializer %r (%s: %s); "
                      "set aside in %s", index, self.batch_path, self._serializer,
                      type(cause).__name__, cause, os.fsdecode(target))
@@ -519,6 +523,7 @@ cdef class Dequeue(_QueueBase):
                 held.append(name)
                 continue
             if fd < 0:  # gone, or not a batch (quarantined)
+                self._quarantined += fd == BATCH_QUARANTINED
                 continue
             rest = _rest_of_ready(name)
             chosen = _chosen_path(folder, rest, self._owner.token.encode())
@@ -586,6 +591,7 @@ cdef class Dequeue(_QueueBase):
                 target = _dead_path(self._batch_folder, rest, span, attempts)
                 if not any(n.startswith(_dead_prefix(rest, span)) for n in written):
                     writer.set_aside(rows[span[0]:span[1] + 1], target)
+                    self._dead_lettered += span[1] - span[0] + 1
                     _crash_point("dead")
                 logger.error("turbo_queue: %s %s of batch %s in hand when %d consumers died holding "
                              "the batch (max_attempts=%d): set aside as the dead letter %s; the batch's "
@@ -654,6 +660,7 @@ cdef class Dequeue(_QueueBase):
             raise error
         sqlite3_close_v2(db)
         quarantine(self._batch_folder, self._name, detail)
+        self._quarantined += 1
         self._drop_lock()
         return False
 
@@ -680,6 +687,7 @@ cdef class Dequeue(_QueueBase):
         try:
             if self._reading == READ_FAILED:
                 quarantine(self._batch_folder, self._name, self._read_error)
+                self._quarantined += 1
                 return 0
             _crash_point("delete")
             moved = finish_batch(self._path, &err)
@@ -720,6 +728,13 @@ cdef class Dequeue(_QueueBase):
         return (handed - 1, handed - 1) if handed > 0 else None
 
     cdef int _wait(self, double timeout) except -1:
+        cdef double started = tq_now()
+        try:
+            return self._wait_for_ready(timeout)
+        finally:
+            self._waited_s += tq_now() - started
+
+    cdef int _wait_for_ready(self, double timeout) except -1:
         cdef int fd = self._watch_fd
         cdef double deadline, step = 0.001
         if fd >= 0:
@@ -742,6 +757,8 @@ cdef class Dequeue(_QueueBase):
             return 0
         self._next_reclaim = now + self._reclaim_interval
         counts = recover_folder(os.fsdecode(folder), legacy=False)
+        self._reclaimed += counts["published"]
+        self._quarantined += counts["quarantined"]
         if counts["published"] or counts["quarantined"]:
             self._candidates = []
             logger.warning("turbo_queue: reclaimed batches of dead processes in %s: %s",
@@ -798,6 +815,7 @@ cdef class Dequeue(_QueueBase):
             else:
                 self._give_back(failed)
         self._release()
+        _count_out(self, "consumer")
         return 0
 
     cdef int _release(self) except -1:
@@ -833,6 +851,15 @@ cdef class Dequeue(_QueueBase):
     def total_gets(self):
         """Events handed out so far."""
         return self._total_gets
+
+    def counters(self):
+        """What this consumer did so far, for metrics (see turbo_queue.metrics): events handed out,
+        batches claimed, seconds spent waiting for a batch, batches of dead processes it reclaimed,
+        files it quarantined, events it set aside as undecodable and as dead letters."""
+        return {"events": self._total_gets, "batches": self._total_batch,
+                "wait_seconds": self._waited_s, "reclaimed": self._reclaimed,
+                "quarantined": self._quarantined, "set_aside": self._set_aside,
+                "dead_lettered": self._dead_lettered}
 
     def total_batch(self):
         """Batches claimed so far."""

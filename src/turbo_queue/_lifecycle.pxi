@@ -3,6 +3,19 @@
 
 _live = weakref.WeakSet()
 
+def process_counters():
+    """{(role, queue folder): counters} of this process's producers (role "producer") and consumers
+    ("consumer"), closed ones included: totals that only grow, for turbo_queue.metrics."""
+    out = {key: dict(v) for key, v in _retired_counters.items()}
+    for obj in list(_live):
+        if (<_QueueBase>obj)._counted_out:
+            continue
+        role = "producer" if isinstance(obj, Enqueue) else "consumer"
+        total = out.setdefault((role, os.path.join(obj.root_path, obj.queue_name)), {})
+        for k, v in obj.counters().items():
+            total[k] = total.get(k, 0) + v
+    return out
+
 
 def _after_fork_in_child():
     for obj in list(_live):

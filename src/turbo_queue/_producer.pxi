@@ -61,6 +61,7 @@ cdef class Enqueue(_QueueBase):
     cdef int64_t _name_ns
     cdef bytes _publish_target
     cdef bint _publish_dead  # (add_dead_letters: what is published meanwhile goes to dead_)
+    cdef long long _dead_lettered
 
     def __cinit__(self, *args, **kwargs):
         self._mutex = PyThread_allocate_lock()
@@ -198,6 +199,12 @@ cdef class Enqueue(_QueueBase):
             raise
         self._append_chunk(chunk)
         return n
+
+    def counters(self):
+        """What this producer did so far, for metrics (see turbo_queue.metrics): events and batches
+        published (ready_), and events written as dead letters."""
+        return {"events": self.events_published, "batches": self.batches_published,
+                "dead_lettered": self._dead_lettered}
 
     def add_dead_letters(self, events):
         """Write events straight into dead_ batches, not ready_: events a consumer gives up on (a
@@ -487,6 +494,7 @@ cdef class Enqueue(_QueueBase):
         cdef const char *folder
         cdef bint durable = self._durable
         cdef bint in_memory = self._in_memory
+        cdef bint to_ready = False
         cdef Moved moved
         if db == NULL:
             return 0
@@ -524,6 +532,7 @@ cdef class Enqueue(_QueueBase):
             # The batch is complete and closed: now, and only now, it may be published.
             _crash_point("publish")
             target = self._publish_target
+            to_ready = target is None and not self._publish_dead
             if target is None:
                 target = (_dead_batch_path(self._batch_folder, self._rest, count) if self._publish_dead
                           else _published_path(self._batch_folder, self._rest, count))
@@ -541,8 +550,11 @@ cdef class Enqueue(_QueueBase):
             if rc != 0:
                 raise os_error(err, "fsync the queue folder", self._batch_folder)
         _crash_point("published")
-        self.events_published += count
-        self.batches_published += 1
+        if to_ready:
+            self.events_published += count
+            self.batches_published += 1
+        elif self._publish_dead:
+            self._dead_lettered += count
         self._ready_checked_at = -1e300
         return count
 
@@ -572,6 +584,7 @@ cdef class Enqueue(_QueueBase):
             self._unlock()
             if self._wake is not None:
                 self._wake.set()
+            _count_out(self, "producer")
         if error is not None:
             raise error
 

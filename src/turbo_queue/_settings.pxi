@@ -69,6 +69,8 @@ cdef class _QueueBase:
     # Accepted for compatibility with the pure-Python package, which did not act on them either.
     cdef int _num_loaders, _num_queues
     cdef bint _dequeue_active, _processing_hold, _drop_overflow, _remove_invalid
+    # Its counters were added to this process's totals of closed ones (see _lifecycle.pxi).
+    cdef bint _counted_out
 
     def __cinit__(self, *args, **kwargs):
         self._queue_name = "example_queue_name"
@@ -296,4 +298,22 @@ cdef int _make_folders(str path, int mode, bint exact) except -1:
             raise os_error(e.errno, "create the queue folder", p) from None
         if exact:
             os.chmod(p, mode)
+    return 0
+
+
+# The counters of this process's producers and consumers that closed, per (role, queue folder), so
+# that the totals process_counters() reports only grow.
+cdef dict _retired_counters = {}
+
+
+cdef int _count_out(_QueueBase q, str role) except -1:
+    """Add a closing producer's or consumer's counters to the totals of closed ones, once. (Under the
+    GIL, with no Python code between, so that process_counters() sees it live or retired, never
+    both or neither.)"""
+    if q._counted_out:
+        return 0
+    q._counted_out = True
+    total = _retired_counters.setdefault((role, os.path.join(q._root_path, q._queue_name)), {})
+    for k, v in q.counters().items():
+        total[k] = total.get(k, 0) + v
     return 0
