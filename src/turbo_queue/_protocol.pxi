@@ -54,13 +54,14 @@ cdef int MAX_IN_HAND_KEPT = 3
 cdef class BatchName:
     """What a file name in a queue folder says: `state` (one of STATES), `rest` (the name after its
     state prefix, as `<epoch>_<id>.db`), `owner` (the token of the process that holds it, or None for
-    names of the pure-Python package), `events` (the event count a published name or a dead letter
-    carries, or None), `epoch` (its creation time in seconds, or None), `attempts` (how many
+    names of the pure-Python package), `events` (the event count a published or claimed name or a
+    dead letter carries, or None), `epoch` (its creation time in seconds, or None), `attempts` (how many
     consumers died holding it, or for a dead letter before it was set aside), `in_hand` (the events
     each of the latest of them had in hand, where known, oldest first, as (first, last) indexes),
     `holding` (chosen_: the (first, last) events its careful consumer hands out now, or None) and
-    `index` (a dead letter: the index of its first event in the batch it came from, or None)."""
-    cdef readonly str name, state, rest
+    `index` (a dead letter: the index of its first event in the batch it came from, or None), and
+    `base` (the rest without attempts and .db: the same for a batch in every state it goes through)."""
+    cdef readonly str name, state, rest, base
     cdef readonly object owner, events, epoch, holding, index
     cdef readonly int attempts
     cdef readonly tuple in_hand
@@ -75,6 +76,7 @@ cdef BatchName _batch_name(str name, str state, str rest, object owner, object h
     b.name, b.state, b.rest, b.owner, b.holding = name, state, rest, owner, holding
     b.events = b.index = None
     b.attempts, b.in_hand = 0, ()
+    b.base = _base_of(rest) if rest.endswith(".db") else rest
     if state == "dead":
         m = _DEAD_LETTER.search(rest)
         if m:
@@ -84,7 +86,7 @@ cdef BatchName _batch_name(str name, str state, str rest, object owner, object h
             m = _EVENT_COUNT.search(rest)
             b.events = int(m.group(1)) if m else None
     else:
-        if state == "ready":
+        if state == "ready" or state == "chosen":
             m = _EVENT_COUNT.search(rest)
             b.events = int(m.group(1)) if m else None
         if "+a" in rest:
@@ -193,6 +195,14 @@ def events_in_name(name):
 def owner_lock_name(str token):
     """The name of the lock file that the process with this owner token holds while it lives."""
     return (OWNER_LOCK_B + token.encode() + OWNER_LOCK_SUFFIX_B).decode()
+
+
+def owner_of_lock_name(name):
+    """The owner token of an owner lock file's name, or None for any other name."""
+    cdef bytes b = os.fsencode(name)
+    if b.startswith(OWNER_LOCK_B) and b.endswith(OWNER_LOCK_SUFFIX_B):
+        return os.fsdecode(b[len(OWNER_LOCK_B):-len(OWNER_LOCK_SUFFIX_B)])
+    return None
 
 
 cdef inline bytes _owner_lock_path(bytes folder, str token):
