@@ -13,7 +13,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install -q ".[test,bench,msgpack,cli,kafka]"
+	$(PY) -m pip install -q ".[test,bench,msgpack,cli,kafka,metrics]"
 
 $(LEGACY)/turbo_queue/_turbo_queue.py:
 	$(PY) -m pip install -q --no-deps --target $(LEGACY) turbo-queue==0.5.2

@@ -5,7 +5,7 @@ import json
 import sys
 import tempfile
 
-WATCHED = ("multiprocessing", "socket", "subprocess")
+WATCHED = ("multiprocessing", "socket", "subprocess", "prometheus_client")
 
 
 def loaded():

@@ -207,6 +207,49 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 2 if skipped else 0
 
 
+def _metrics() -> Any:
+    try:
+        from turbo_queue import metrics
+    except ImportError:
+        raise SystemExit("turbo-queue: this command needs prometheus_client: "
+                         "pip install 'turbo-queue[metrics]'") from None
+    return metrics
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen takes HOST:PORT or PORT, not {text!r}")
+    return (host.strip("[]") if sep and host else "127.0.0.1"), int(port)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    metrics = _metrics()
+    if not args.listen and not args.textfile:
+        raise ValueError("metrics needs --listen HOST:PORT (serve /metrics) or --textfile PATH")
+    queues = args.queues or None
+    for q in queues or ():
+        _folder.queue_folders(args.root, q)  # a missing queue: status 2, said now
+    if args.listen:
+        host, port = _listen_address(args.listen)
+        server, port = metrics.serve(args.root, queues, host, port)
+        print(f"turbo-queue: serving metrics of {args.root} on http://{host}:{port}/metrics",
+              file=sys.stderr, flush=True)
+    registry = metrics.folder_registry(args.root, queues) if args.textfile else None
+    written = 0
+    try:
+        while True:
+            if registry is not None:
+                metrics.write_textfile(args.textfile, registry)
+                written += 1
+                if args.count is not None and written >= args.count:
+                    return 0
+            time.sleep(args.interval)
+    finally:
+        if args.listen:
+            server.shutdown()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from turbo_queue._demo import run_demo
 
@@ -271,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("names", nargs="*", metavar="NAME", help="dead_ files, as `turbo-queue dead` shows them")
     q.add_argument("--all", action="store_true", help="every dead letter of the queue")
     q.set_defaults(func=cmd_requeue)
+
+    t = sub.add_parser("metrics", help="serve Prometheus metrics of every queue, from the folder alone (read-only)")
+    t.add_argument("root")
+    t.add_argument("queues", nargs="*", metavar="QUEUE", help="only these queues (default: every one)")
+    t.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics there (HOST defaults to 127.0.0.1)")
+    t.add_argument("--textfile", metavar="PATH", help="write them there for node_exporter, every --interval")
+    t.add_argument("--interval", type=float, default=15.0, help="seconds between textfile writes")
+    t.add_argument("--count", type=int, default=None, help="stop after this many textfile writes")
+    t.set_defaults(func=cmd_metrics)
 
     m = sub.add_parser("demo", help="one producer feeding many consumer processes, beside multiprocessing.Queue")
     m.add_argument("--events", type=int, default=500_000)
