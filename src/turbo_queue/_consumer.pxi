@@ -121,7 +121,7 @@ cdef class Dequeue(_QueueBase):
     cdef int _max_attempts
     # What counters() reports besides the event and batch counts (none is on the per-event path).
     cdef double _waited_s
-    cdef long long _reclaimed, _quarantined, _set_aside, _dead_lettered
+    cdef long long _reclaimed, _quarantined, _set_aside, _dead_lettered, _reclaim_passes
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -756,7 +756,15 @@ cdef class Dequeue(_QueueBase):
         if now < self._next_reclaim:
             return 0
         self._next_reclaim = now + self._reclaim_interval
-        counts = recover_folder(os.fsdecode(folder), legacy=False)
+        turn = reclaim_turn(folder, self._reclaim_interval, self._file_mode, self._exact_mode)
+        if turn == TURN_SKIP:
+            return 0
+        try:
+            counts = recover_folder(os.fsdecode(folder), legacy=False)
+        finally:
+            if turn >= 0:
+                end_reclaim_turn(turn)
+        self._reclaim_passes += 1
         self._reclaimed += counts["published"]
         self._quarantined += counts["quarantined"]
         if counts["published"] or counts["quarantined"]:
@@ -855,11 +863,12 @@ cdef class Dequeue(_QueueBase):
     def counters(self):
         """What this consumer did so far, for metrics (see turbo_queue.metrics): events handed out,
         batches claimed, seconds spent waiting for a batch, batches of dead processes it reclaimed,
-        files it quarantined, events it set aside as undecodable and as dead letters."""
+        files it quarantined, events it set aside as undecodable and as dead letters, and the
+        recovery passes it ran (one consumer of a pool runs one each reclaim_interval)."""
         return {"events": self._total_gets, "batches": self._total_batch,
                 "wait_seconds": self._waited_s, "reclaimed": self._reclaimed,
                 "quarantined": self._quarantined, "set_aside": self._set_aside,
-                "dead_lettered": self._dead_lettered}
+                "dead_lettered": self._dead_lettered, "reclaim_passes": self._reclaim_passes}
 
     def total_batch(self):
         """Batches claimed so far."""

@@ -269,6 +269,66 @@ cdef int _sweep_dead_locks(bytes folder, list names, dict owners) except -1:
     return 0
 
 
+# -- One pass for the whole pool -----------------------------------------------------------------------
+#
+# Every consumer runs a pass each reclaim_interval; with many consumers, one pass per interval for
+# the whole pool does the same work. .reclaim.lock says who runs it (flock) and when the last one
+# ran (its mtime, touched at the start and at the end of a pass). It is only an economy: passes are
+# safe side by side, so a lock file that cannot be used, or a holder stuck mid-pass, never stops one.
+
+cdef bytes RECLAIM_LOCK_B = b".reclaim.lock"
+
+# reclaim_turn()'s answers besides a descriptor.
+cdef enum:
+    TURN_SKIP = -1       # another consumer runs a pass now, or ran one within the interval
+    TURN_UNLOCKED = -2   # run the pass without the lock (unusable lock file, or a stuck holder)
+
+
+cdef int reclaim_turn(bytes folder, double interval, int mode, bint exact) except -3:
+    """Whether this consumer runs the pool's recovery pass now: a locked descriptor to hand to
+    end_reclaim_turn() after the pass, TURN_SKIP, or TURN_UNLOCKED."""
+    cdef int fd, rc
+    cdef double age
+    try:
+        fd = os.open(folder + RECLAIM_LOCK_B, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, mode)
+    except OSError:  # a symlink, another user's file, a read-only folder...
+        return TURN_UNLOCKED
+    try:
+        st = os.fstat(fd)
+        if not stat_module.S_ISREG(st.st_mode):
+            close(fd)
+            return TURN_UNLOCKED
+        if exact and st.st_uid == os.getuid() and stat_module.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        with nogil:
+            rc = tq_flock_nb(fd)
+        age = time.time() - st.st_mtime
+        if rc == TQ_LOCK_HELD:
+            close(fd)
+            # Held: a pass runs, unless its holder is stuck (SIGSTOPped) well past an interval.
+            return TURN_SKIP if 0 <= age < 2 * interval + 1 else TURN_UNLOCKED
+        if rc != 0:
+            close(fd)
+            return TURN_UNLOCKED
+        if st.st_size > 0 and 0 <= age < interval:  # one ran lately (an empty file: none ever)
+            close(fd)
+            return TURN_SKIP
+        os.pwrite(fd, b"r", 0)  # the start of this pass, for whoever finds the lock held
+    except BaseException:
+        close(fd)
+        raise
+    return fd
+
+
+cdef int end_reclaim_turn(int fd) except -1:
+    try:
+        os.pwrite(fd, b"r", 0)  # the end of the pass: the next is due an interval from now
+    finally:
+        close(fd)
+    return 0
+
+
 cdef class Startup(_QueueBase):
     """Startup recovery for one queue: ``on_start_cleanup()``."""
 
