@@ -66,8 +66,8 @@ def leave_a_dead_consumers_batch(tmp_path):
     assert [n for n in os.listdir(tmp_path / "q") if n.startswith("chosen_")]
 
 
-def drain_within(root, seconds):
-    d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0.05, reclaim_interval=INTERVAL)
+def drain_within(root, seconds, interval=INTERVAL):
+    d = turbo_queue.dequeue(root_path=root, queue_name="q", wait_timeout=0.05, reclaim_interval=interval)
     got, end = [], time.monotonic() + seconds
     while len(got) < 10 and time.monotonic() < end:
         got += d.get_batch()
@@ -123,3 +123,11 @@ def test_an_unusable_reclaim_lock_never_stops_a_pass(tmp_path, kind):
             os.chown(lock, 65534, 65534)  # another user's, as root sees it: opened all the same
     assert drain_within(str(tmp_path), 20) == list(range(10))
     assert hashlib.sha256(outside.read_bytes()).hexdigest() == hashlib.sha256(b"not yours").hexdigest()
+
+
+def test_a_new_consumer_takes_a_dead_predecessors_batch_at_once(tmp_path):
+    # A pass ran a moment ago (the dead consumer's own): a consumer's first pass runs all the same,
+    # so a restarted consumer does not wait an interval (here a minute) for its predecessor's batch.
+    leave_a_dead_consumers_batch(tmp_path)
+    os.utime(tmp_path / "q" / ".reclaim.lock")
+    assert drain_within(str(tmp_path), 20, interval=60) == list(range(10))

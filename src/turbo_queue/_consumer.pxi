@@ -753,10 +753,11 @@ cdef class Dequeue(_QueueBase):
 
     cdef int _maybe_reclaim(self, bytes folder) except -1:
         cdef double now = tq_now()
+        cdef bint first = self._next_reclaim == 0
         if now < self._next_reclaim:
             return 0
         self._next_reclaim = now + self._reclaim_interval
-        turn = reclaim_turn(folder, self._reclaim_interval, self._file_mode, self._exact_mode)
+        turn = reclaim_turn(folder, self._reclaim_interval, self._file_mode, self._exact_mode, first)
         if turn == TURN_SKIP:
             return 0
         try:

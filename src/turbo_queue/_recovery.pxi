@@ -284,22 +284,30 @@ cdef enum:
     TURN_UNLOCKED = -2   # run the pass without the lock (unusable lock file, or a stuck holder)
 
 
-cdef int reclaim_turn(bytes folder, double interval, int mode, bint exact) except -3:
+cdef int reclaim_turn(bytes folder, double interval, int mode, bint exact, bint first) except -3:
     """Whether this consumer runs the pool's recovery pass now: a locked descriptor to hand to
-    end_reclaim_turn() after the pass, TURN_SKIP, or TURN_UNLOCKED."""
+    end_reclaim_turn() after the pass, TURN_SKIP, or TURN_UNLOCKED. A consumer's `first` pass is
+    skipped only while another runs (a restarted consumer takes its dead predecessor's batches at
+    once)."""
+    cdef bytes path = folder + RECLAIM_LOCK_B
     cdef int fd, rc
+    cdef bint created = True
     cdef double age
+    cdef int flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(folder + RECLAIM_LOCK_B, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                     | os.O_CLOEXEC, mode)
-    except OSError:  # a symlink, another user's file, a read-only folder...
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            created = False
+            fd = os.open(path, flags)
+    except OSError:  # a symlink, another user's file, a read-only or full folder...
         return TURN_UNLOCKED
     try:
         st = os.fstat(fd)
         if not stat_module.S_ISREG(st.st_mode):
             close(fd)
             return TURN_UNLOCKED
-        if exact and st.st_uid == os.getuid() and stat_module.S_IMODE(st.st_mode) != mode:
+        if exact and created:
             os.fchmod(fd, mode)
         with nogil:
             rc = tq_flock_nb(fd)
@@ -311,19 +319,27 @@ cdef int reclaim_turn(bytes folder, double interval, int mode, bint exact) excep
         if rc != 0:
             close(fd)
             return TURN_UNLOCKED
-        if st.st_size > 0 and 0 <= age < interval:  # one ran lately (an empty file: none ever)
+        if not (created or first) and 0 <= age < interval:  # one ran lately
             close(fd)
             return TURN_SKIP
-        os.pwrite(fd, b"r", 0)  # the start of this pass, for whoever finds the lock held
+        _touch(fd)  # the start of this pass, for whoever finds the lock held
     except BaseException:
         close(fd)
         raise
     return fd
 
 
+cdef int _touch(int fd) except -1:
+    try:
+        os.utime(fd)  # (timestamps only: works on a full disk)
+    except OSError:
+        pass  # the pass runs all the same; only the economy is lost
+    return 0
+
+
 cdef int end_reclaim_turn(int fd) except -1:
     try:
-        os.pwrite(fd, b"r", 0)  # the end of the pass: the next is due an interval from now
+        _touch(fd)  # the end of the pass: the next is due an interval from now
     finally:
         close(fd)
     return 0
