@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import run_script
+from legacy_programs import LEGACY_READER, LEGACY_WRITER
 
 # Values the original itself round-trips (its own reader breaks on top-level numbers, defect 4).
 VALUES_ORIGINAL_CAN_READ_BACK = [
@@ -13,41 +14,6 @@ VALUES_ORIGINAL_CAN_READ_BACK = [
     "x" * 10000, [[[]]], {"big": 2 ** 70}, {"nan": "NaN"}, False, True,
 ]
 NUMERIC = [0, 42, -7, 1.5, 0.30000000000000004, 2 ** 62]
-
-LEGACY_WRITER = '''
-import json, sys, logging
-import turbo_queue
-assert turbo_queue.__file__.startswith({legacy!r}), turbo_queue.__file__
-values = json.loads({values!r})
-e = turbo_queue.enqueue()
-e.setup_logging(log_file={log!r})
-e.root_path = {root!r}
-e.queue_name = "q"
-e.max_events_per_file = len(values)
-e.max_ready_files = 100
-e.start()
-for v in values:
-    e.add(v)          # the full batch is published on its last add
-'''
-
-LEGACY_READER = '''
-import json, sys, time
-import turbo_queue
-assert turbo_queue.__file__.startswith({legacy!r}), turbo_queue.__file__
-d = turbo_queue.dequeue(1)
-d.setup_logging(log_file={log!r})
-d.root_path = {root!r}
-d.queue_name = "q"
-out = []
-deadline = time.time() + 60
-while len(out) < {count} and time.time() < deadline:
-    for x in d.get():
-        if x is None:
-            break
-        out.append(x)
-sys.stderr.write("RESULT" + json.dumps(out))
-'''
-
 
 def ours_write(root, values):
     import turbo_queue

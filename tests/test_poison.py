@@ -14,6 +14,7 @@ import turbo_queue
 from turbo_queue import _core
 from turbo_queue.cli import main as cli
 from conftest import drain_all, run_script
+from legacy_programs import LEGACY_READER, LEGACY_WRITER
 from poison import consumer, handled_counts, queue_consumer, supervise
 
 ctx = mp.get_context("fork")
@@ -171,23 +172,9 @@ def test_queue_under_spawn(tmp_path):
     assert held_or_waiting(tmp_path) == []
 
 
-LEGACY_WRITER = '''
-import sys
-import turbo_queue
-assert turbo_queue.__file__.startswith({legacy!r}), turbo_queue.__file__
-e = turbo_queue.enqueue()
-e.root_path = {root!r}
-e.queue_name = "q"
-e.max_events_per_file = 10
-e.max_ready_files = 100
-e.start()
-for v in range(10):
-    e.add(v)
-'''
-
-
 def test_a_poison_event_in_a_batch_written_by_the_pure_python_package(tmp_path, legacy_path):
-    run_script(LEGACY_WRITER.format(legacy=str(legacy_path), root=str(tmp_path)), env_path=legacy_path)
+    run_script(LEGACY_WRITER.format(legacy=str(legacy_path), values=json.dumps(list(range(10))),
+                                    log=str(tmp_path / "legacy.log"), root=str(tmp_path)), env_path=legacy_path)
     (name,) = held_or_waiting(tmp_path)
     assert _core.parse_name(name).owner is None  # 0.5.2's own name: ready_<epoch>_<uuid>.db
     out = tmp_path / "handled"
@@ -199,31 +186,14 @@ def test_a_poison_event_in_a_batch_written_by_the_pure_python_package(tmp_path, 
     assert held_or_waiting(tmp_path) == []
 
 
-LEGACY_READER = '''
-import json
-import turbo_queue
-assert turbo_queue.__file__.startswith({legacy!r}), turbo_queue.__file__
-d = turbo_queue.dequeue(1)
-d.setup_logging(log_file={log!r})
-d.root_path = {root!r}
-d.queue_name = "q"
-got = []
-for ev in d.get():
-    if ev is None:
-        break
-    got.append(ev)
-print(json.dumps(got))
-'''
-
-
 def test_the_pure_python_package_reads_a_batch_with_attempts_in_its_name(tmp_path, legacy_path):
     produce(tmp_path, [{"id": v} for v in range(5)])
     (name,) = held_or_waiting(tmp_path)
     tailed = name[:-3] + "+a2+e3,1.db"
     os.rename(os.path.join(queue_dir(tmp_path), name), os.path.join(queue_dir(tmp_path), tailed))
-    proc = run_script(LEGACY_READER.format(legacy=str(legacy_path), root=str(tmp_path),
+    proc = run_script(LEGACY_READER.format(legacy=str(legacy_path), root=str(tmp_path), count=5,
                                            log=str(tmp_path / "legacy.log")), env_path=legacy_path)
-    assert json.loads(proc.stdout.splitlines()[-1]) == [{"id": v} for v in range(5)]
+    assert json.loads(proc.stderr.split("RESULT")[-1]) == [{"id": v} for v in range(5)]
 
 
 # -- What counts as an attempt ------------------------------------------------------------------------
