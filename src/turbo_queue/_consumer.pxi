@@ -118,6 +118,8 @@ cdef class Dequeue(_QueueBase):
     # a consumer died with) keeps it at 0, so every event goes through _hold first.
     cdef Py_ssize_t _free_end
     cdef bint _careful
+    # The (first, last) events a careful consumer said it hands out (see _hold), or None.
+    cdef object _holding
     cdef int _max_attempts
     # What counters() reports besides the event and batch counts (none is on the per-event path).
     cdef double _waited_s
@@ -593,13 +595,12 @@ cdef class Dequeue(_QueueBase):
                     writer.set_aside(rows[span[0]:span[1] + 1], target)
                     self._dead_lettered += span[1] - span[0] + 1
                     _crash_point("dead")
-                logger.error("turbo_queue: %s %s of batch %s in hand when %d consumers died holding "
-                             "the batch (max_attempts=%d): set aside as the dead letter %s; the batch's "
+                logger.error("turbo_queue: %s %s of batch %s, in hand when %d consumers died holding "
+                             "the batch (max_attempts=%d), set aside as the dead letter %s; the batch's "
                              "other events are delivered. See it with `turbo-queue dead`, return it "
-                             "with `turbo-queue requeue`.",
-                             "event" if span[0] == span[1] else "events", _span_text(span) + (
-                                 " was" if span[0] == span[1] else " were"), self.batch_path,
-                             attempts, self._max_attempts, os.fsdecode(target))
+                             "with `turbo-queue requeue`.", "event" if span[0] == span[1] else "events",
+                             _span_text(span), self.batch_path, attempts, self._max_attempts,
+                             os.fsdecode(target))
             skip = set(suspects)
             remainder = [rows[i] for i in range(last + 1, len(rows)) if i not in skip]
             if remainder:
@@ -618,6 +619,7 @@ cdef class Dequeue(_QueueBase):
             raise os_error(err, "record the event in hand", self._path)
         self._path = target
         self._name = os.fsdecode(os.path.basename(target))
+        self._holding = span
         _crash_point("hold")
         return 0
 
@@ -640,6 +642,7 @@ cdef class Dequeue(_QueueBase):
         if rc == SQLITE_OK:
             self._db, self._sel = db, sel
             self._careful = self._max_attempts == 1  # (no first attempt to spare)
+            self._holding = None
             self._free_end = 0
             self._reading = READING
             self._read_error = None
@@ -720,11 +723,10 @@ cdef class Dequeue(_QueueBase):
         return 0
 
     cdef object _in_hand(self, Py_ssize_t handed):
-        """What a failing handler had in hand: what the careful claim's name says, else the event
-        last handed out (None if none was)."""
-        b = parse_name(self._name)
-        if b is not None and b.holding is not None:
-            return b.holding
+        """What a failing handler had in hand: what a careful consumer said it hands out, else the
+        event last handed out (None if none was)."""
+        if self._holding is not None:
+            return self._holding
         return (handed - 1, handed - 1) if handed > 0 else None
 
     cdef int _wait(self, double timeout) except -1:
