@@ -2,7 +2,7 @@
 # cython: language_level=3
 # Everything here is callable without the GIL.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from posix.stat cimport struct_stat
 
 
@@ -62,6 +62,7 @@ cdef extern from "_tq_os.h" nogil:
     void tq_sleep(double seconds)
     int TQ_ERROR, TQ_LOCK_HELD, TQ_NOT_REGULAR
     int tq_flock_nb(int fd)
+    void tq_funlock(int fd)
     int tq_open_regular(const char *path, int writable, struct_stat *st)
     int tq_same_file(const char *path, int fd)
     int tq_create_locked(const char *path, int mode, int exact)
@@ -72,6 +73,15 @@ cdef extern from "_tq_os.h" nogil:
     int tq_write_errno(int sqlite_errno)
     int tq_watch_open(const char *dir)
     int tq_watch_wait(int fd, double timeout, const char *prefix)
+    int TQ_BELL_SIZE, TQ_BELL_TIMED_OUT, TQ_BELL_RUNG
+    uint64_t tq_now_ns()
+    int tq_bell_lease(int fd, uint64_t until_ns)
+    int tq_bell_watched(int fd)
+    uint32_t *tq_bell_map(int fd)
+    void tq_bell_unmap(uint32_t *word)
+    int tq_bell_ring(uint32_t *word)
+    int tq_bell_read(int fd, uint32_t *value)
+    int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout)
     int tq_has_digit_run(const char *p, size_t n, size_t limit)
     int TQ_HAVE_MEMDB
     int tq_open_memory_batch(sqlite3 **db, unsigned char **buf, sqlite3_int64 *cap)

@@ -11,6 +11,7 @@ first (each includes only what is above it in this list, and says in its first l
     _errors.pxi       SQLite codes and errno to exceptions (the one error translator)
     _crash.pxi        crash points, the test hook of the crash tests
     _batchfile.pxi    the batch file: schema, pragmas, creating, writing and reading one
+    _wakeup.pxi       waking consumers: the folder's doorbell and its watcher role
     _protocol.pxi     the folder: names of every state, and the transitions between states
     _owner.pxi        owner locks: who is alive
     _serializers.pxi  events to bytes and back
@@ -67,7 +68,7 @@ from cpython.pythread cimport (
 from libc.errno cimport (EACCES, EDQUOT, EEXIST, EIO, EISDIR, ELOOP, EMFILE, ENAMETOOLONG, ENFILE,
                          ENOENT, ENOMEM, ENOSPC, ENOTDIR, ENXIO, EPERM, EROFS, errno)
 from libc.math cimport isfinite
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport rename
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strncmp
@@ -81,6 +82,7 @@ logger = logging.getLogger("turbo_queue")
 include "_errors.pxi"
 include "_crash.pxi"
 include "_batchfile.pxi"
+include "_wakeup.pxi"
 include "_protocol.pxi"
 include "_owner.pxi"
 include "_serializers.pxi"

@@ -543,6 +543,8 @@ cdef class Enqueue(_QueueBase):
                                f"recovered when this process exits)", self._loading_path)
         finally:
             close(fd)  # its lock goes with it: the batch is ready_ (or left for recovery)
+        if target is not None and not self._publish_dead:
+            ring_bell(self._batch_folder)  # (after the close: a consumer woken finds it unlocked)
         if durable:
             with nogil:
                 rc = tq_fsync_path(folder, 1)

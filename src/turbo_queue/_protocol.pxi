@@ -444,6 +444,7 @@ cdef str publish_leftover(bytes folder, str name, str rest, str state, Py_ssize_
         if moved == MOVED:
             logger.info("turbo_queue: recovered %s (%d events) as %s", os.fsdecode(src), events,
                         "ready_" + rest)
+            ring_bell(folder)
             return "published"
         if moved == GONE:
             return "gone"
@@ -483,6 +484,7 @@ def requeue_dead_letter(folder, name, Py_ssize_t events):
         target = _requeued_name(b, events)
         moved = _move(folder_b + os.fsencode(b.name), folder_b + target, False, &err)
         if moved == MOVED:
+            ring_bell(folder_b)
             logger.warning("turbo_queue: requeued dead letter %s%s as %s", os.fsdecode(folder_b), b.name,
                            os.fsdecode(target))
             return os.fsdecode(target)

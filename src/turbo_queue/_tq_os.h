@@ -16,10 +16,17 @@
 #include <unistd.h>
 
 #ifdef __linux__
+#include <linux/futex.h>
+#include <stdint.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #define TQ_HAVE_INOTIFY 1
+#define TQ_HAVE_FUTEX 1
 #else
+#include <stdint.h>
 #define TQ_HAVE_INOTIFY 0
+#define TQ_HAVE_FUTEX 0
 #endif
 
 /* SQLite 3.31+ refuses to open a database through a symlink with it; we check with O_NOFOLLOW too. */
@@ -146,6 +153,11 @@ static int tq_flock_nb(int fd) {
         return errno == EWOULDBLOCK ? TQ_LOCK_HELD : TQ_ERROR;
     }
     return 0;
+}
+
+static void tq_funlock(int fd) {
+    while (flock(fd, LOCK_UN) != 0 && errno == EINTR) {
+    }
 }
 
 /* Open a file of the queue folder without following a symlink and without blocking (a FIFO would
@@ -328,6 +340,113 @@ static int tq_watch_wait(int fd, double timeout, const char *prefix) {
         if (found) return 1;
         if (tq_now() >= deadline) return 0;
     }
+}
+
+/* -- The doorbell: wake one waiting consumer, in any process -------------------------------------
+ * A small file of the queue folder that every process of the queue maps shared. At offset 0, a
+ * 32-bit word: whoever puts a batch in ready_ adds 1 to it and wakes one sleeper, in one syscall
+ * (FUTEX_WAKE_OP); a consumer with nothing to claim reads the word before it lists the folder and
+ * sleeps (FUTEX_WAIT) only while the word still holds what it read, so a ring that comes between
+ * its listing and its sleep is never missed. At offset 8, the watcher's lease: until when (in
+ * CLOCK_MONOTONIC nanoseconds, the same clock in every process) the watcher sleeps on the folder
+ * and takes what lands there itself; ringing then would only wake a second, colder consumer.
+ * The mapping is touched by syscalls only, never by a load or a store: a file truncated under us
+ * makes them fail with EFAULT instead of a SIGBUS. */
+#define TQ_BELL_SIZE 4096
+#define TQ_BELL_LEASE_AT 8
+
+enum { TQ_BELL_TIMED_OUT = 0, TQ_BELL_RUNG = 1 };
+
+static uint64_t tq_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The shared mapping of the doorbell file open as `fd` (at least 4 bytes long), or NULL with errno. */
+static uint32_t *tq_bell_map(int fd) {
+#if TQ_HAVE_FUTEX
+    void *p = mmap(NULL, TQ_BELL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : (uint32_t *)p;
+#else
+    (void)fd;
+    errno = ENOSYS;
+    return NULL;
+#endif
+}
+
+static void tq_bell_unmap(uint32_t *word) {
+#if TQ_HAVE_FUTEX
+    if (word) munmap(word, TQ_BELL_SIZE);
+#else
+    (void)word;
+#endif
+}
+
+/* The watcher says it sleeps on the folder until `until_ns` (0: it does not): 0, or -1 with errno. */
+static int tq_bell_lease(int fd, uint64_t until_ns) {
+    ssize_t put;
+    do {
+        put = pwrite(fd, &until_ns, sizeof until_ns, TQ_BELL_LEASE_AT);
+    } while (put < 0 && errno == EINTR);
+    return put == (ssize_t)sizeof until_ns ? 0 : -1;
+}
+
+/* Whether a watcher sleeps on the folder now (its lease is not over). */
+static int tq_bell_watched(int fd) {
+    uint64_t until = 0;
+    ssize_t got;
+    do {
+        got = pread(fd, &until, sizeof until, TQ_BELL_LEASE_AT);
+    } while (got < 0 && errno == EINTR);
+    return got == (ssize_t)sizeof until && until > tq_now_ns();
+}
+
+/* Add 1 to the word and wake one sleeper: 0, or -1 with errno (EFAULT: the file was truncated). */
+static int tq_bell_ring(uint32_t *word) {
+#if TQ_HAVE_FUTEX
+    /* The second wake is conditioned on the old value being -1 (once in 2^32 rings) with a count of
+     * 0; the kernel still wakes at most one there, which is harmless. */
+    long rc = syscall(SYS_futex, word, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, word,
+                      FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1));
+    return rc < 0 ? -1 : 0;
+#else
+    (void)word;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* The word's value, read through the descriptor (not the mapping): 0, or -1 with errno. */
+static int tq_bell_read(int fd, uint32_t *value) {
+    ssize_t got;
+    do {
+        got = pread(fd, value, sizeof *value, 0);
+    } while (got < 0 && errno == EINTR);
+    if (got == (ssize_t)sizeof *value) return 0;
+    if (got >= 0) errno = EFAULT;  /* shorter than the word: truncated */
+    return -1;
+}
+
+/* Sleep while the word holds `seen`, at most `timeout` seconds: TQ_BELL_RUNG when it was rung (or
+ * had changed already, or a signal came), TQ_BELL_TIMED_OUT, or -1 with errno. */
+static int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout) {
+#if TQ_HAVE_FUTEX
+    struct timespec ts;
+    long rc;
+    if (timeout < 0) timeout = 0;
+    ts.tv_sec = (time_t)timeout;
+    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+    rc = syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
+    if (rc == 0) return TQ_BELL_RUNG;
+    if (errno == EAGAIN || errno == EINTR) return TQ_BELL_RUNG;
+    if (errno == ETIMEDOUT) return TQ_BELL_TIMED_OUT;
+    return -1;
+#else
+    (void)word; (void)seen; (void)timeout;
+    errno = ENOSYS;
+    return -1;
+#endif
 }
 
 #define TQ_IS_DIGIT(c) ((unsigned)((c) - '0') < 10u)

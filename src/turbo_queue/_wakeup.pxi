@@ -1,0 +1,187 @@
+# Waking consumers: the folder's doorbell (wake one waiting consumer per batch put in ready_) and its watcher role.
+#
+# One consumer of the pool at a time, the watcher (it holds .watch.lock with flock, until it ends),
+# watches the folder with inotify and takes what lands there itself while it sleeps: batches of
+# producers that ring nothing (the pure-Python package) are found at once, and a pool that keeps up
+# keeps its work on one warm consumer. While it sleeps it holds a lease in .doorbell; whoever puts a
+# batch in ready_ while no lease runs rings the doorbell, a futex word every process of the queue
+# maps (see _tq_os.h), which wakes one of the other consumers, however many sleep there. The kernel
+# takes a sleeper that is killed or stopped off the word's queue, and drops the lock of a watcher
+# that dies; a lease is at most WATCH_LEASE_S long, so a watcher stopped while it sleeps leaves the
+# ringing to the others within that; and no consumer sleeps on the doorbell longer than
+# BELL_SLEEP_S without looking at the folder.
+#
+# Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, FIFO or
+# another user's file planted there, a read-only folder, no futexes on this platform) a consumer
+# watches the folder itself, as every consumer once did. A doorbell truncated, removed or replaced
+# under us is reopened.
+
+cdef bytes DOORBELL_B = b".doorbell"
+cdef bytes WATCH_LOCK_B = b".watch.lock"
+cdef double BELL_RECHECK_S = 1.0  # how often a ringer checks that the name still is its doorbell
+cdef double WATCH_LEASE_S = 0.5   # the longest lease the watcher takes at a time (it renews them)
+cdef double BELL_SLEEP_S = 2.0    # the longest sleep on the doorbell before looking at the folder
+
+# try_watch()'s answers besides 0 (this consumer is the watcher now).
+cdef enum:
+    WATCH_TAKEN = -1     # another consumer is the watcher
+    WATCH_UNUSABLE = -2  # the lock file cannot be used: watch the folder yourself
+
+
+cdef class _Bell:
+    """One process's mapping of one folder's doorbell."""
+    cdef int fd
+    cdef uint32_t *word
+    cdef bytes path
+    cdef double checked_at
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __dealloc__(self):
+        self.close()
+
+    cdef void close(self) noexcept:
+        tq_bell_unmap(self.word)
+        self.word = NULL
+        if self.fd >= 0:
+            close(self.fd)
+        self.fd = -1
+
+    cdef bint still_named(self) noexcept:
+        """Whether the doorbell's name still refers to this file (not removed or replaced); looked
+        at once a BELL_RECHECK_S at most (True in between)."""
+        cdef const char *p = self.path
+        cdef bint same
+        cdef double now = tq_now()
+        if now - self.checked_at < BELL_RECHECK_S:
+            return True
+        self.checked_at = now
+        with nogil:
+            same = tq_same_file(p, self.fd)
+        return same
+
+
+cdef dict _bells = {}        # folder -> _Bell, one per process (forked children share the parent's)
+cdef set _bell_reported = set()
+
+
+cdef int _open_shared_file(bytes path, int mode, bint exact, bint create, int64_t *size) except -3:
+    """Open a small file of the folder that processes share (the doorbell, the watch lock): never
+    through a symlink, never blocking on a FIFO. The descriptor (its size in *size); -1 when it
+    does not exist and `create` is false; -2 when it cannot be used (logged once per process)."""
+    cdef int flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    cdef int fd = -1
+    try:
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                return -1
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+                if exact:
+                    os.fchmod(fd, mode)
+            except FileExistsError:  # another process created it first
+                fd = os.open(path, flags)
+        st = os.fstat(fd)
+        if not stat_module.S_ISREG(st.st_mode):
+            raise OSError(EISDIR, "not a regular file")
+        size[0] = st.st_size
+    except OSError as e:
+        if fd >= 0:
+            close(fd)
+        if isinstance(e, FileNotFoundError) and not create:
+            return -1
+        if path not in _bell_reported:
+            _bell_reported.add(path)
+            logger.warning("turbo_queue: cannot use %s (%s); consumers of this queue that cannot "
+                           "use it watch the folder themselves (no event is affected, only the cost "
+                           "of waking them). Remove it if it is not the queue's own.",
+                           os.fsdecode(path), e.strerror or e)
+        return -2
+    return fd
+
+
+cdef _Bell open_bell(bytes folder, int mode, bint exact, bint create):
+    """The folder's doorbell, opened once per process; None where it does not exist (and `create`
+    is false) or cannot be used."""
+    cdef _Bell bell = _bells.get(folder)
+    cdef int64_t size = 0
+    cdef int fd
+    if bell is not None:
+        return bell
+    fd = _open_shared_file(folder + DOORBELL_B, mode, exact, create, &size)
+    if fd < 0:
+        return None
+    try:
+        if size < TQ_BELL_SIZE:
+            os.ftruncate(fd, TQ_BELL_SIZE)  # (only ever grows it)
+    except OSError:
+        if size < 4:
+            close(fd)
+            return None
+    bell = _Bell.__new__(_Bell)
+    bell.fd = fd
+    bell.path = folder + DOORBELL_B
+    bell.word = tq_bell_map(fd)
+    bell.checked_at = tq_now()
+    if bell.word == NULL:
+        bell.close()
+        return None
+    _bells[folder] = bell
+    return bell
+
+
+cdef int forget_bell(bytes folder) except -1:
+    """Drop this process's doorbell of `folder` (truncated, removed or replaced): the next use
+    opens the file the name refers to now."""
+    cdef _Bell bell = _bells.pop(folder, None)
+    if bell is not None:
+        bell.close()
+    return 0
+
+
+cdef int ring_bell(bytes folder, bint unless_watched=True) except -1:
+    """A batch was put in ready_ in `folder`: wake one consumer sleeping on its doorbell, unless
+    (`unless_watched`) the watcher sleeps on the folder and takes it. Never fails the move it
+    follows: a doorbell that cannot be rung only costs the sleepers their timeout."""
+    cdef _Bell bell = open_bell(folder, 0, False, False)
+    cdef int rc, fd
+    if bell is None:
+        return 0
+    fd = bell.fd
+    if unless_watched:
+        with nogil:
+            rc = tq_bell_watched(fd)
+        if rc:
+            return 0
+    if not bell.still_named():
+        forget_bell(folder)
+        bell = open_bell(folder, 0, False, False)
+        if bell is None:
+            return 0
+    with nogil:
+        rc = tq_bell_ring(bell.word)
+    if rc != 0:
+        forget_bell(folder)
+    return 0
+
+
+cdef int open_watch_lock(bytes folder, int mode, bint exact) except -3:
+    """.watch.lock, opened (made if missing) to try for the watcher role with try_watch() as often
+    as needed; WATCH_UNUSABLE when it cannot be used."""
+    cdef int64_t size = 0
+    cdef int fd = _open_shared_file(folder + WATCH_LOCK_B, mode, exact, True, &size)
+    return fd if fd >= 0 else WATCH_UNUSABLE
+
+
+cdef int try_watch(int lock_fd) noexcept:
+    """Become the folder's watcher if none is (the kernel drops the lock when its holder dies):
+    0, WATCH_TAKEN, or WATCH_UNUSABLE."""
+    cdef int rc
+    with nogil:
+        rc = tq_flock_nb(lock_fd)
+    if rc == 0:
+        return 0
+    return WATCH_TAKEN if rc == TQ_LOCK_HELD else WATCH_UNUSABLE
