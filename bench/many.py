@@ -106,7 +106,7 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     counts[slot] = got
     if os.environ.get("TQ_MANY_COUNTERS"):  # a file to append each consumer's counters() to
         with open(os.environ["TQ_MANY_COUNTERS"], "a") as f:
-            f.write(json.dumps(c) + "\n")
+            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0)) + "\n")
 
 
 def mpq_producer(q, n, kind, meter_args):

@@ -77,11 +77,13 @@ cdef extern from "_tq_os.h" nogil:
     uint64_t tq_now_ns()
     int tq_bell_lease(int fd, uint64_t until_ns)
     int tq_bell_watched(int fd)
+    int tq_bell_quiet(int fd, uint32_t seen)
     uint32_t *tq_bell_map(int fd)
     void tq_bell_unmap(uint32_t *word)
     int tq_bell_ring(uint32_t *word)
     int tq_bell_read(int fd, uint32_t *value)
-    int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout)
+    int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout, uint32_t tier)
+    uint32_t TQ_BELL_WARM, TQ_BELL_COLD
     int tq_has_digit_run(const char *p, size_t n, size_t limit)
     int TQ_HAVE_MEMDB
     int tq_open_memory_batch(sqlite3 **db, unsigned char **buf, sqlite3_int64 *cap)

@@ -111,6 +111,7 @@ cdef class Dequeue(_QueueBase):
     cdef bint _watcher_seen  # another consumer held it at the last try
     cdef bint _quiet         # the last sleep on the doorbell timed out with nothing to look at
     cdef bint _saw_held      # the last look found a batch locked for longer than a moment
+    cdef double _claimed_at  # when this consumer last claimed a batch (it sleeps warm for a while)
     cdef list _candidates
     cdef Py_ssize_t _next_candidate
     cdef sqlite3 *_db
@@ -574,6 +575,7 @@ cdef class Dequeue(_QueueBase):
             self._writer_uid = st.st_uid
             self._batch_folder = folder
             _ensure_exit_hook()
+            self._claimed_at = tq_now()
             _crash_point("claim")
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
@@ -614,16 +616,14 @@ cdef class Dequeue(_QueueBase):
         """After a sleep on the doorbell that timed out quietly: whether the folder can be left
         unlisted, because the doorbell was not rung since and the watcher sleeps on the folder
         now (it takes whatever lands, whoever put it there)."""
-        cdef uint32_t now_seen = 0
-        cdef int fd, rc, watched = 0
+        cdef int fd, quiet
+        cdef uint32_t seen = self._bell_seen
         if self._wake_by != WAKE_BELL:
             return False
         fd = self._bell.fd
         with nogil:
-            rc = tq_bell_read(fd, &now_seen)
-            if rc == 0 and now_seen == self._bell_seen:
-                watched = tq_bell_watched(fd)
-        return watched != 0
+            quiet = tq_bell_quiet(fd, seen)
+        return quiet != 0
 
     cdef int _read_bell(self) except -1:
         cdef int rc
@@ -861,7 +861,7 @@ cdef class Dequeue(_QueueBase):
     cdef Waited _wait_on_bell(self, double timeout) except *:
         """Wait as the folder's watcher (taking the role when it is free) or on its doorbell."""
         cdef int fd, rc
-        if not self._watcher:
+        if not self._watcher and not self._quiet:  # (quiet: a watcher sleeps on the folder now)
             rc = try_watch(self._watch_lock_fd)
             self._watcher_seen = rc == WATCH_TAKEN
             if rc == WATCH_UNUSABLE:
@@ -908,10 +908,14 @@ cdef class Dequeue(_QueueBase):
         cdef uint32_t *word = self._bell.word
         cdef uint32_t seen = self._bell_seen
         cdef double step = min(timeout, BELL_SLEEP_S)
-        cdef int rc
+        cdef double warm = min(step, self._claimed_at + WARM_S - tq_now())
+        cdef int rc = TQ_BELL_TIMED_OUT
         _crash_point("wait")
         with nogil:
-            rc = tq_bell_wait(word, seen, step)
+            if warm > 0:  # woken first for a moment after a batch, while its caches hold it
+                rc = tq_bell_wait(word, seen, warm, TQ_BELL_WARM)
+            if rc == TQ_BELL_TIMED_OUT and step > warm:
+                rc = tq_bell_wait(word, seen, step - max(warm, 0), TQ_BELL_COLD)
         if rc == TQ_BELL_RUNG:
             _crash_point("woken")
             return WAITED_LOOK

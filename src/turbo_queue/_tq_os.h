@@ -392,6 +392,22 @@ static int tq_bell_lease(int fd, uint64_t until_ns) {
     return put == (ssize_t)sizeof until_ns ? 0 : -1;
 }
 
+/* Whether the word still holds `seen` and a watcher sleeps on the folder now (its lease is not
+ * over), in one read. */
+static int tq_bell_quiet(int fd, uint32_t seen) {
+    unsigned char page[TQ_BELL_LEASE_AT + 8];
+    uint32_t word;
+    uint64_t until;
+    ssize_t got;
+    do {
+        got = pread(fd, page, sizeof page, 0);
+    } while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof page) return 0;
+    memcpy(&word, page, sizeof word);
+    memcpy(&until, page + TQ_BELL_LEASE_AT, sizeof until);
+    return word == seen && until > tq_now_ns();
+}
+
 /* Whether a watcher sleeps on the folder now (its lease is not over). */
 static int tq_bell_watched(int fd) {
     uint64_t until = 0;
@@ -402,13 +418,26 @@ static int tq_bell_watched(int fd) {
     return got == (ssize_t)sizeof until && until > tq_now_ns();
 }
 
-/* Add 1 to the word and wake one sleeper: 0, or -1 with errno (EFAULT: the file was truncated). */
+/* Sleepers say which of two tiers they sleep in: consumers that claimed a batch a moment ago (their
+ * memory still in the caches) are woken before the others. */
+#define TQ_BELL_WARM 1u
+#define TQ_BELL_COLD 2u
+#define TQ_BELL_IDLE_AT 16  /* a word no one sleeps on: FUTEX_WAKE_OP's first target */
+
+/* Add 1 to the word (atomically, in the kernel) and wake one sleeper, a warm one if any sleeps:
+ * 0, or -1 with errno (EFAULT: the file was truncated). */
 static int tq_bell_ring(uint32_t *word) {
 #if TQ_HAVE_FUTEX
-    /* The second wake is conditioned on the old value being -1 (once in 2^32 rings) with a count of
-     * 0; the kernel still wakes at most one there, which is harmless. */
-    long rc = syscall(SYS_futex, word, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, word,
-                      FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1));
+    uint32_t *idle = (uint32_t *)((char *)word + TQ_BELL_IDLE_AT);
+    long rc;
+    /* The add, waking no one: the first target has no sleepers, and the second wake is
+     * conditioned on the old value being -1 (once in 2^32 rings, when one extra wake is harmless). */
+    rc = syscall(SYS_futex, idle, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, word,
+                 FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1));
+    if (rc < 0) return -1;
+    rc = syscall(SYS_futex, word, FUTEX_WAKE_BITSET, 1, NULL, NULL, TQ_BELL_WARM);
+    if (rc == 0)
+        rc = syscall(SYS_futex, word, FUTEX_WAKE_BITSET, 1, NULL, NULL, TQ_BELL_COLD);
     return rc < 0 ? -1 : 0;
 #else
     (void)word;
@@ -428,22 +457,25 @@ static int tq_bell_read(int fd, uint32_t *value) {
     return -1;
 }
 
-/* Sleep while the word holds `seen`, at most `timeout` seconds: TQ_BELL_RUNG when it was rung (or
- * had changed already, or a signal came), TQ_BELL_TIMED_OUT, or -1 with errno. */
-static int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout) {
+/* Sleep in `tier` while the word holds `seen`, at most `timeout` seconds: TQ_BELL_RUNG when it was
+ * rung (or had changed already, or a signal came), TQ_BELL_TIMED_OUT, or -1 with errno. */
+static int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout, uint32_t tier) {
 #if TQ_HAVE_FUTEX
     struct timespec ts;
+    uint64_t until;
     long rc;
     if (timeout < 0) timeout = 0;
-    ts.tv_sec = (time_t)timeout;
-    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-    rc = syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
+    until = tq_now_ns() + (uint64_t)(timeout * 1e9);
+    ts.tv_sec = (time_t)(until / 1000000000u);
+    ts.tv_nsec = (long)(until % 1000000000u);
+    /* (FUTEX_WAIT_BITSET's timeout is absolute, on CLOCK_MONOTONIC) */
+    rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, seen, &ts, NULL, tier);
     if (rc == 0) return TQ_BELL_RUNG;
     if (errno == EAGAIN || errno == EINTR) return TQ_BELL_RUNG;
     if (errno == ETIMEDOUT) return TQ_BELL_TIMED_OUT;
     return -1;
 #else
-    (void)word; (void)seen; (void)timeout;
+    (void)word; (void)seen; (void)timeout; (void)tier;
     errno = ENOSYS;
     return -1;
 #endif

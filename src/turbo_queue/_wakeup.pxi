@@ -21,6 +21,7 @@ cdef bytes WATCH_LOCK_B = b".watch.lock"
 cdef double BELL_RECHECK_S = 1.0  # how often a ringer checks that the name still is its doorbell
 cdef double WATCH_LEASE_S = 0.5   # the longest lease the watcher takes at a time (it renews them)
 cdef double BELL_SLEEP_S = 2.0    # the longest sleep on the doorbell before looking at the folder
+cdef double WARM_S = 0.02         # how long after a batch a consumer sleeps among the warm ones
 
 # try_watch()'s answers besides 0 (this consumer is the watcher now).
 cdef enum:
