@@ -2,6 +2,7 @@
 
 Used by test_chaos.py, and runnable on its own to produce the README's figures:
     python tests/chaos.py --runs 200
+    python tests/chaos.py --runs 200 --consumers 20   (a pool: watcher, doorbell sleepers, reclaim turns)
 """
 
 import argparse
@@ -150,12 +151,13 @@ def run_once(seed, producers=2, consumers=3, duration=1.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--consumers", type=int, default=3, help="consumer processes of each run")
     ap.add_argument("--json")
     args = ap.parse_args()
     totals = {"runs": 0, "kills": 0, "published": 0, "delivered": 0, "dead_lettered": 0, "lost": 0,
               "duplicates": 0, "bad_ready_files": 0, "errors": 0}
     for seed in range(args.runs):
-        s = run_once(seed)
+        s = run_once(seed, consumers=args.consumers)
         for k in ("kills", "published", "delivered", "dead_lettered", "lost", "duplicates"):
             totals[k] += s[k]
         totals["bad_ready_files"] += len(s["bad_ready_files"])

@@ -213,7 +213,8 @@ def plant_one(folder, outside, rng, n):
 
 def tamper_with_locks(folder, rng):
     for name in os.listdir(folder):
-        if not (name.startswith(".owner_") and rng.random() < 0.5):
+        # Owner locks, and the files every process shares: the doorbell and the watch lock.
+        if not (name.startswith(".owner_") or name in SHARED_FILES) or rng.random() >= 0.5:
             continue
         try:
             tamper_with_lock(os.path.join(folder, name), rng.choice(TAMPERINGS))
@@ -221,11 +222,17 @@ def tamper_with_locks(folder, rng):
             pass  # its owner removed or remade it meanwhile
 
 
+SHARED_FILES = (".doorbell", ".watch.lock", ".reclaim.lock")
+
 # What a cleaner or a hostile user can do to a lock file.
-TAMPERINGS = ("removed", "replaced by a file", "replaced by a directory", "replaced by a FIFO")
+TAMPERINGS = ("removed", "replaced by a file", "replaced by a directory", "replaced by a FIFO",
+              "truncated", "replaced by a symlink")
 
 
 def tamper_with_lock(path, how):
+    if how == "truncated":  # (in place: processes that mapped the doorbell keep their mapping)
+        os.truncate(path, 0)
+        return
     if os.path.isdir(path) and not os.path.islink(path):
         os.rmdir(path)
     else:
@@ -236,6 +243,8 @@ def tamper_with_lock(path, how):
         os.mkdir(path)
     elif how == "replaced by a FIFO":
         os.mkfifo(path)
+    elif how == "replaced by a symlink":
+        os.symlink("/dev/null", path)
 
 
 # -- One run -------------------------------------------------------------------------------------------

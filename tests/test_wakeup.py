@@ -1,0 +1,199 @@
+"""Waking consumers: a batch wakes about one of many waiting consumers (the doorbell and the watcher,
+see _wakeup.pxi), batches of a producer that rings nothing (the pure-Python 0.5.2) are still found
+at once, and no consumer killed or stopped at any step of waiting keeps the others asleep: every
+test here gives the survivors a wait_timeout of 30 s, so a lost wake-up would show as a 30 s wait."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import run_script
+from legacy_programs import LEGACY_WRITER
+from wakeup import (
+    STOP,
+    asleep,
+    kill_leftovers,
+    process_state,
+    publish,
+    publish_from_a_new_process,
+    received,
+    start_consumer,
+    wait_until,
+    watch_lock_held,
+)
+
+LONG_WAIT = 30.0  # the survivors' wait_timeout
+PROMPT_S = 10.0   # what "at once" must stay under here (it takes milliseconds; a lost wake, 30 s)
+
+
+@pytest.fixture(autouse=True)
+def _no_consumer_outlives_its_test():
+    yield
+    kill_leftovers()
+
+
+def stop_all(root, procs):
+    """Publish one STOP per live consumer (each takes one and ends), then reap them."""
+    live = [p for p in procs if p.is_alive() and process_state(p.pid) != "T"]
+    publish(root, [STOP] * len(live))
+    for p in live:
+        p.join(PROMPT_S * 2)
+        assert p.exitcode == 0, "a consumer did not end"
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join()
+
+
+def delivered_promptly(root, events):
+    got = {}
+
+    def arrived():
+        got.update(received(root)[0])
+        return all(e in got for e in events)
+
+    wait_until(arrived, PROMPT_S, f"{events} to be delivered")
+    return got
+
+
+def all_asleep(procs):
+    return all(asleep(p.pid) for p in procs)
+
+
+def test_a_batch_wakes_about_one_of_many_waiting_consumers(tmp_path):
+    k, batches = 8, 20
+    procs = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(k)]
+    wait_until(lambda: all_asleep(procs), PROMPT_S, "the consumers to wait")
+    for b in range(batches):
+        publish(tmp_path, [f"e{b}"])
+        delivered_promptly(tmp_path, [f"e{b}"])
+        wait_until(lambda: all_asleep(procs), PROMPT_S, "the consumers to wait again")
+    stop_all(tmp_path, procs)
+    got, twice = received(tmp_path)
+    assert sorted(got) == sorted(f"e{b}" for b in range(batches)) and not twice
+    waits = sum(json.loads((tmp_path / f"counters-c{i}.json").read_text())["waits"] for i in range(k))
+    # Waking every consumer would cost k waits per batch (8 x 28 = 224 here); waking one, about 1-2.
+    assert waits <= 3 * (batches + k) + 2 * k, waits
+
+
+def test_batches_of_a_producer_that_rings_nothing_are_found_at_once(tmp_path, legacy_path):
+    procs = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(4)]
+    wait_until(lambda: all_asleep(procs) and watch_lock_held(tmp_path), PROMPT_S, "a watcher")
+    for b in range(3):
+        run_script(LEGACY_WRITER.format(legacy=str(legacy_path), values=json.dumps([f"old{b}.0", f"old{b}.1"]),
+                                        log=str(tmp_path / "legacy.log"), root=str(tmp_path)),
+                   env_path=legacy_path)
+        written = time.time()
+        got = delivered_promptly(tmp_path, [f"old{b}.0", f"old{b}.1"])
+        # Below the 2 s a consumer sleeps on the doorbell at most: the watcher saw it land.
+        assert got[f"old{b}.1"][1] - written < 1.5
+    stop_all(tmp_path, procs)
+
+
+def roles(tmp_path, point, stop):
+    """Start consumers so that the one with the crash point (the victim) has the role whose step
+    `point` is: the watcher for watch/watched, a follower for wait/woken. Returns (victim, others)."""
+    crash = (point, stop)
+    if point == "watch":
+        victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
+        wait_until(lambda: watch_lock_held(tmp_path), PROMPT_S, "the victim to take the watch")
+        others = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(2)]
+    elif point == "watched":
+        victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
+        wait_until(lambda: watch_lock_held(tmp_path) and asleep(victim.pid), PROMPT_S, "the watcher")
+        others = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(2)]
+        wait_until(lambda: all_asleep(others), PROMPT_S, "the followers to sleep")
+        publish(tmp_path, ["first"])  # lands while the watcher sleeps: no one is rung for it
+    elif point == "wait":
+        others = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(2)]
+        wait_until(lambda: watch_lock_held(tmp_path) and all_asleep(others), PROMPT_S, "a watcher")
+        victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
+    else:  # woken: the watcher is stopped (its lease soon ends), so a publish rings the doorbell
+        watcher = start_consumer(tmp_path, "watcher", LONG_WAIT)
+        wait_until(lambda: watch_lock_held(tmp_path) and asleep(watcher.pid), PROMPT_S, "the watcher")
+        victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
+        wait_until(lambda: asleep(victim.pid), PROMPT_S, "the victim to sleep first in line")
+        others = [start_consumer(tmp_path, "c0", LONG_WAIT)]
+        wait_until(lambda: all_asleep(others), PROMPT_S, "the follower to sleep")
+        os.kill(watcher.pid, signal.SIGSTOP)
+        time.sleep(0.6)  # (past the watcher's last lease: WATCH_LEASE_S is 0.5 s)
+        others.append(watcher)
+        publish(tmp_path, ["first"])  # rings: wakes the victim, first in line
+    if stop:
+        wait_until(lambda: process_state(victim.pid) == "T", PROMPT_S, f"the victim to stop at {point}")
+    else:
+        victim.join(PROMPT_S)
+        assert victim.exitcode == -signal.SIGKILL, f"the victim did not die at {point}"
+    return victim, others
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["SIGKILL", "SIGSTOP"])
+@pytest.mark.parametrize("point", ["watch", "watched", "wait", "woken"])
+def test_a_consumer_killed_or_stopped_at_any_step_of_waiting_keeps_no_one_asleep(tmp_path, point, stop,
+                                                                               legacy_path):
+    victim, others = roles(tmp_path, point, stop)
+    if point == "woken":
+        os.kill(others[-1].pid, signal.SIGCONT)  # the watcher works again
+    expected = ["first"] if point in ("watched", "woken") else []
+    delivered_promptly(tmp_path, expected)
+    for b in range(3):
+        publish(tmp_path, [f"e{b}"])
+        expected.append(f"e{b}")
+        delivered_promptly(tmp_path, expected)
+    if point in ("watch", "watched"):
+        # A producer that rings nothing, with the watcher dead or stopped: still found well within
+        # the survivors' wait_timeout.
+        run_script(LEGACY_WRITER.format(legacy=str(legacy_path), values=json.dumps(["old"]),
+                                        log=str(tmp_path / "legacy.log"), root=str(tmp_path)),
+                   env_path=legacy_path)
+        expected.append("old")
+        delivered_promptly(tmp_path, expected)
+    stop_all(tmp_path, others + [victim])
+    got, twice = received(tmp_path)
+    assert sorted(got) == sorted(expected) and not twice
+    assert all(who != "victim" for who, _ in got.values())
+
+
+@pytest.mark.parametrize("name", [".doorbell", ".watch.lock"])
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "empty file", "short file"])
+def test_an_unusable_doorbell_or_watch_lock_costs_wake_ups_not_events(tmp_path, name, kind):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    path = folder / name
+    if kind == "symlink":
+        os.symlink(tmp_path / "elsewhere", path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"" if kind == "empty file" else b"\x01\x02")
+    procs = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(3)]
+    wait_until(lambda: all_asleep(procs), PROMPT_S, "the consumers to wait")
+    for b in range(5):
+        publish(tmp_path, [f"e{b}"])
+        delivered_promptly(tmp_path, [f"e{b}"])
+    stop_all(tmp_path, procs)
+    assert sorted(received(tmp_path)[0]) == [f"e{b}" for b in range(5)]
+    assert not (tmp_path / "elsewhere").exists()  # a symlink is never followed, nor created through
+
+
+@pytest.mark.parametrize("how", ["truncated", "removed", "replaced by another file"])
+def test_a_doorbell_tampered_with_while_consumers_sleep_on_it(tmp_path, how):
+    procs = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(4)]
+    wait_until(lambda: all_asleep(procs) and watch_lock_held(tmp_path), PROMPT_S, "the consumers to wait")
+    bell = tmp_path / "q" / ".doorbell"
+    if how == "truncated":
+        os.truncate(bell, 0)  # (a store into the mapping would be a SIGBUS now)
+    else:
+        bell.unlink()
+        if how == "replaced by another file":
+            bell.write_bytes(b"\xff" * 4096)
+    for b in range(5):
+        publish_from_a_new_process(tmp_path, [f"e{b}"])
+        delivered_promptly(tmp_path, [f"e{b}"])
+    stop_all(tmp_path, procs)
+    assert sorted(received(tmp_path)[0]) == [f"e{b}" for b in range(5)]
