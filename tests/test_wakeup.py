@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import turbo_queue
 from conftest import run_script
 from legacy_programs import LEGACY_WRITER
 from wakeup import (
@@ -197,3 +198,30 @@ def test_a_doorbell_tampered_with_while_consumers_sleep_on_it(tmp_path, how):
         delivered_promptly(tmp_path, [f"e{b}"])
     stop_all(tmp_path, procs)
     assert sorted(received(tmp_path)[0]) == [f"e{b}" for b in range(5)]
+
+
+def open_files_under(folder):
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            out.append(target)
+    with open("/proc/self/maps") as f:
+        out += [line.split()[-1] for line in f if str(folder) in line]
+    return out
+
+
+def test_closed_producers_and_consumers_leave_no_file_of_the_folder_open(tmp_path):
+    # (the doorbell is mapped while in use: a process that kept it would keep a mount busy)
+    e = turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q", max_events_per_file=1)
+    d = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0.01)
+    assert d.get_batch() == []  # waited: holds the doorbell and the watch
+    e.add("x")
+    assert d.get_batch() == ["x"]
+    assert any(p.endswith(".doorbell") for p in open_files_under(tmp_path / "q"))
+    e.close()
+    d.close()
+    assert open_files_under(tmp_path / "q") == []

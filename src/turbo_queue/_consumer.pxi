@@ -580,7 +580,7 @@ cdef class Dequeue(_QueueBase):
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
                 if self._next_candidate < len(self._candidates):
-                    ring_bell(folder, False)  # more are ready: pass the wake on
+                    ring_bell(folder, self._bell, False)  # more are ready: pass the wake on
                 if b"+a" not in rest or not self._judge_attempts():
                     return True
                 # Its poison events were set aside and the rest put back as a new batch: look again.
@@ -632,7 +632,7 @@ cdef class Dequeue(_QueueBase):
         with nogil:
             rc = tq_bell_read(self._bell.fd, &self._bell_seen)
         if rc != 0:  # truncated under us: open what the name is now, or watch the folder
-            forget_bell(self._wake_folder)
+            forget_bell(self._bell)
             self._choose_wake(self._wake_folder)
         return 0
 
@@ -820,7 +820,7 @@ cdef class Dequeue(_QueueBase):
                 raise os_error(err, "return batch to the queue", self._path)
         finally:
             self._drop_lock()
-        ring_bell(self._batch_folder)
+        ring_bell(self._batch_folder, self._bell if self._wake_folder == self._batch_folder else None)
         return 0
 
     cdef object _in_hand(self, Py_ssize_t handed):
@@ -921,7 +921,7 @@ cdef class Dequeue(_QueueBase):
             return WAITED_LOOK
         if rc != TQ_BELL_TIMED_OUT or not self._bell.still_named():
             # Truncated, removed or replaced: open what the name refers to now at the next claim.
-            forget_bell(self._wake_folder)
+            forget_bell(self._bell)
             self._wake_by = WAKE_UNSET
             return WAITED_LOOK
         # Not rung: no batch came that a ringer did not leave to a sleeping watcher, and one whose
@@ -1013,6 +1013,7 @@ cdef class Dequeue(_QueueBase):
             close(self._watch_lock_fd)
         self._watch_lock_fd = -1
         self._wake_by = WAKE_UNSET
+        self._bell = None  # (the process's doorbell closes with its last user)
         return 0
 
     cdef int _requeue_rest(self) except -1:

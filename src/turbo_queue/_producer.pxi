@@ -61,6 +61,7 @@ cdef class Enqueue(_QueueBase):
     cdef int64_t _name_ns
     cdef bytes _publish_target
     cdef bint _publish_dead  # (add_dead_letters: what is published meanwhile goes to dead_)
+    cdef _Bell _bell         # the folder's doorbell, rung after each publish
     cdef long long _dead_lettered
 
     def __cinit__(self, *args, **kwargs):
@@ -544,7 +545,8 @@ cdef class Enqueue(_QueueBase):
         finally:
             close(fd)  # its lock goes with it: the batch is ready_ (or left for recovery)
         if target is not None and not self._publish_dead:
-            ring_bell(self._batch_folder)  # (after the close: a consumer woken finds it unlocked)
+            # (after the close: a consumer woken finds it unlocked)
+            self._bell = ring_bell(self._batch_folder, self._bell)
         if durable:
             with nogil:
                 rc = tq_fsync_path(folder, 1)
@@ -582,6 +584,7 @@ cdef class Enqueue(_QueueBase):
             self._publish_locked()
             error, self._error = self._error, None
             self._owner.release()
+            self._bell = None
         finally:
             self._unlock()
             if self._wake is not None:

@@ -30,11 +30,14 @@ cdef enum:
 
 
 cdef class _Bell:
-    """One process's mapping of one folder's doorbell."""
+    """One process's mapping of one folder's doorbell, shared by the producers and consumers of the
+    process that use it, and closed when the last of them lets it go."""
     cdef int fd
     cdef uint32_t *word
     cdef bytes path
+    cdef bytes folder
     cdef double checked_at
+    cdef object __weakref__
 
     def __cinit__(self):
         self.fd = -1
@@ -63,7 +66,8 @@ cdef class _Bell:
         return same
 
 
-cdef dict _bells = {}        # folder -> _Bell, one per process (forked children share the parent's)
+# folder -> _Bell in use in this process (forked children inherit the mappings, which stay shared).
+_bells = weakref.WeakValueDictionary()
 cdef set _bell_reported = set()
 
 
@@ -124,6 +128,7 @@ cdef _Bell open_bell(bytes folder, int mode, bint exact, bint create):
             return None
     bell = _Bell.__new__(_Bell)
     bell.fd = fd
+    bell.folder = folder
     bell.path = folder + DOORBELL_B
     bell.word = tq_bell_map(fd)
     bell.checked_at = tq_now()
@@ -134,39 +139,38 @@ cdef _Bell open_bell(bytes folder, int mode, bint exact, bint create):
     return bell
 
 
-cdef int forget_bell(bytes folder) except -1:
-    """Drop this process's doorbell of `folder` (truncated, removed or replaced): the next use
-    opens the file the name refers to now."""
-    cdef _Bell bell = _bells.pop(folder, None)
-    if bell is not None:
-        bell.close()
+cdef int forget_bell(_Bell bell) except -1:
+    """This doorbell was truncated, removed or replaced: the next open_bell() of its folder opens
+    the file the name refers to now (whoever holds this one still lets it go on their own)."""
+    if _bells.get(bell.folder) is bell:
+        del _bells[bell.folder]
     return 0
 
 
-cdef int ring_bell(bytes folder, bint unless_watched=True) except -1:
+cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True):
     """A batch was put in ready_ in `folder`: wake one consumer sleeping on its doorbell, unless
-    (`unless_watched`) the watcher sleeps on the folder and takes it. Never fails the move it
-    follows: a doorbell that cannot be rung only costs the sleepers their timeout."""
-    cdef _Bell bell = open_bell(folder, 0, False, False)
+    (`unless_watched`) the watcher sleeps on the folder and takes it. Returns the doorbell rung, for
+    the caller to keep and pass again (None: there is none). Never fails the move it follows: a
+    doorbell that cannot be rung only costs the sleepers their timeout."""
     cdef int rc, fd
-    if bell is None:
-        return 0
+    if bell is None or not bell.still_named():
+        if bell is not None:
+            forget_bell(bell)
+        bell = open_bell(folder, 0, False, False)
+        if bell is None:
+            return None
     fd = bell.fd
     if unless_watched:
         with nogil:
             rc = tq_bell_watched(fd)
         if rc:
-            return 0
-    if not bell.still_named():
-        forget_bell(folder)
-        bell = open_bell(folder, 0, False, False)
-        if bell is None:
-            return 0
+            return bell
     with nogil:
         rc = tq_bell_ring(bell.word)
     if rc != 0:
-        forget_bell(folder)
-    return 0
+        forget_bell(bell)
+        return None
+    return bell
 
 
 cdef int open_watch_lock(bytes folder, int mode, bint exact) except -3:
