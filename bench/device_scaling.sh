@@ -20,3 +20,7 @@ python3 -c "import turbo_queue; print('turbo_queue', turbo_queue.__file__, turbo
 python3 bench/scaling.py --work-us 50 --consumers 1 2 4 8 12 14 16 32 120 --seconds 2 \
     --legacy-path .side/tq0.5.2 --out "$out/scaling-16core"
 python3 bench/e2e.py --events 2000000 --repeat 3 --legacy-path .side/tq0.5.2 --json "$out/e2e-16core.json"
+# Many processes (issue 16): CPU per event and events/s of P producers -> K consumers, beside
+# multiprocessing.Queue (faster-fifo too where it could be built).
+python3 bench/many.py --consumers 1 8 32 120 --producers 1 --repeat 3 --out "$out/many-16core"
+python3 bench/many.py --consumers 8 --producers 1 4 8 16 --systems tq mpq --repeat 3 --out "$out/many-producers-16core"

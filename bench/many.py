@@ -4,9 +4,11 @@ system) of all processes together per event, the measure that does not drift on 
 
 Each point runs in a fresh interpreter that imports the system under test and then forks every
 process (so no child pays for the import). Two CPU figures: "cpu_us", what every process spent from a
-common start line (all of them set up, a barrier) to its end, the cost of moving events and of
-waking consumers; and "cpu_all_us", getrusage(RUSAGE_CHILDREN) around the whole run, which adds
-starting and ending K + P Python processes (about 3-6 ms of CPU each here, the same for every system).
+common start line (all of them set up: a turbo-queue consumer has looked at the queue once, which
+makes its owner lock, opens the doorbell and runs its first recovery pass; then a barrier) to its
+end, the cost of moving events and of waking consumers; and "cpu_all_us", getrusage(RUSAGE_CHILDREN)
+around the whole run, which adds starting, setting up and ending K + P Python processes (3-6 ms of
+CPU each here).
 Idle consumers wait the way users' do: turbo-queue's get() with its wait_timeout, Queue.get().
 
     python bench/many.py --consumers 1 8 32 120 --producers 1 --repeat 3 --out docs/many-2core
@@ -83,6 +85,7 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     import turbo_queue
     d = turbo_queue.dequeue(1, root_path=root, queue_name="q", wait_timeout=WAIT_TIMEOUT,
                             serializer="raw" if kind == "raw" else "json")
+    assert d.get_batch(timeout=0) == []  # attached (owner lock, doorbell, first recovery pass)
     meter = Meter(*meter_args)
     got = 0
     if kind == "dict":
@@ -129,15 +132,22 @@ def mpq_consumer(q, counts, slot, meter_args):
 
 
 def ffq_consumer(q, counts, slot, meter_args):
+    import queue
     meter = Meter(*meter_args)
     got = 0
     while True:
-        for ev in q.get_many(max_messages_to_get=100):
-            if ev is None:
-                meter.done()
-                counts[slot] = got
-                return
-            got += 1
+        try:
+            evs = q.get_many(block=True, timeout=10.0, max_messages_to_get=100)
+        except queue.Empty:
+            continue
+        ends = evs.count(None)
+        got += len(evs) - ends
+        if ends:  # (the end markers come after every event; pass on those meant for others)
+            for _ in range(ends - 1):
+                q.put(None)
+            meter.done()
+            counts[slot] = got
+            return
 
 
 def runner(system, n, k, p, per_file, kind):

@@ -98,10 +98,12 @@ def roles(tmp_path, point, stop):
     """Start consumers so that the one with the crash point (the victim) has the role whose step
     `point` is: the watcher for watch/watched, a follower for wait/woken. Returns (victim, others)."""
     crash = (point, stop)
-    if point == "watch":
+    if point == "watch":  # (the first consumer to wait takes the watch: the victim, alone)
         victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
-        wait_until(lambda: watch_lock_held(tmp_path), PROMPT_S, "the victim to take the watch")
+        crashed(victim, point, stop)
+        assert watch_lock_held(tmp_path) == stop  # a stopped watcher keeps the role, a dead one not
         others = [start_consumer(tmp_path, f"c{i}", LONG_WAIT) for i in range(2)]
+        return victim, others
     elif point == "watched":
         victim = start_consumer(tmp_path, "victim", LONG_WAIT, crash)
         wait_until(lambda: watch_lock_held(tmp_path) and asleep(victim.pid), PROMPT_S, "the watcher")
@@ -123,12 +125,16 @@ def roles(tmp_path, point, stop):
         time.sleep(0.6)  # (past the watcher's last lease: WATCH_LEASE_S is 0.5 s)
         others.append(watcher)
         publish(tmp_path, ["first"])  # rings: wakes the victim, first in line
+    crashed(victim, point, stop)
+    return victim, others
+
+
+def crashed(victim, point, stop):
     if stop:
         wait_until(lambda: process_state(victim.pid) == "T", PROMPT_S, f"the victim to stop at {point}")
     else:
         victim.join(PROMPT_S)
         assert victim.exitcode == -signal.SIGKILL, f"the victim did not die at {point}"
-    return victim, others
 
 
 @pytest.mark.parametrize("stop", [False, True], ids=["SIGKILL", "SIGSTOP"])

@@ -52,17 +52,6 @@ cdef enum Rows:
     BATCH_EXHAUSTED = 2   # every row was handed out and auto_cleanup is off
 
 # How far the held batch was read.
-cdef enum WakeBy:
-    WAKE_UNSET = 0       # not chosen yet (or to choose again: the doorbell broke)
-    WAKE_BELL = 1        # the folder's doorbell, or its watch while this consumer is the watcher
-    WAKE_OWN_WATCH = 2   # this consumer's own watch of the folder (no usable doorbell or watch lock)
-
-
-cdef enum Waited:
-    WAITED_QUIET = 0     # timed out, and nothing can have arrived unseen: no need to look again
-    WAITED_LOOK = 1      # woken, or cannot say: look at the folder again
-
-
 cdef enum Reading:
     READING = 0        # rows may remain
     READ_TO_END = 1    # every row was read into the chunk
@@ -101,17 +90,7 @@ cdef class Dequeue(_QueueBase):
     cdef double _reclaim_interval
     cdef double _next_reclaim
     cdef _Owner _owner
-    cdef int _watch_fd
-    cdef WakeBy _wake_by
-    cdef bytes _wake_folder
-    cdef _Bell _bell
-    cdef uint32_t _bell_seen
-    cdef int _watch_lock_fd  # .watch.lock, open to try for the watcher role
-    cdef bint _watcher       # this consumer holds .watch.lock's lock: it is the folder's watcher
-    cdef bint _watcher_seen  # another consumer held it at the last try
-    cdef bint _quiet         # the last sleep on the doorbell timed out with nothing to look at
-    cdef bint _saw_held      # the last look found a batch locked for longer than a moment
-    cdef double _claimed_at  # when this consumer last claimed a batch (it sleeps warm for a while)
+    cdef _Waiter _waiter
     cdef list _candidates
     cdef Py_ssize_t _next_candidate
     cdef sqlite3 *_db
@@ -149,8 +128,7 @@ cdef class Dequeue(_QueueBase):
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
-        self._watch_fd = -1
-        self._watch_lock_fd = -1
+        self._waiter = _Waiter()
         self._lock_fd = -1
         self._candidates = []
         self._auto_cleanup = True
@@ -179,10 +157,6 @@ cdef class Dequeue(_QueueBase):
             sqlite3_finalize(self._sel)
         if self._db != NULL:
             sqlite3_close_v2(self._db)
-        if self._watch_fd >= 0:
-            close(self._watch_fd)
-        if self._watch_lock_fd >= 0:
-            close(self._watch_lock_fd)  # (drops the watcher's lock too)
         if self._lock_fd >= 0:
             close(self._lock_fd)
 
@@ -524,18 +498,16 @@ cdef class Dequeue(_QueueBase):
         if self._owner.fd < 0 or self._owner.folder != folder:
             self._owner.acquire(folder, self._file_mode, self._exact_mode)
             owned = True
-        if self._wake_by == WAKE_UNSET or self._wake_folder != folder:
-            self._choose_wake(folder)
+        if not self._waiter.attached_to(folder):
+            self._waiter.attach(folder, self._file_mode, self._exact_mode)
         self._maybe_reclaim(folder)
         while True:
             if self._next_candidate >= len(self._candidates):
                 if not rescanned:
-                    if self._quiet and self._still_quiet():
+                    if self._waiter.nothing_to_look_at():
                         self._empty_scans += 1
                         return False
-                    self._quiet = False
-                    self._saw_held = False
-                    self._read_bell()  # before the scan, so that a ring after it is not missed
+                    self._waiter.before_look()  # (before the scan: a ring after it is not missed)
                     self._candidates = scan_ready(folder)
                     rescanned = True
                 elif held and held_retries < MAX_HELD_RETRIES:
@@ -546,7 +518,7 @@ cdef class Dequeue(_QueueBase):
                         tq_sleep(0.0002)
                     self._candidates, held = held, []
                 else:
-                    self._saw_held = bool(held)  # (its unlocking lands no name: look again soon)
+                    self._waiter.saw_held = bool(held)  # (its unlocking lands no name: look again soon)
                     self._empty_scans += 1
                     return False
                 self._next_candidate = 0
@@ -575,76 +547,16 @@ cdef class Dequeue(_QueueBase):
             self._writer_uid = st.st_uid
             self._batch_folder = folder
             _ensure_exit_hook()
-            self._claimed_at = tq_now()
+            self._waiter.claimed_at = tq_now()
             _crash_point("claim")
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
                 if self._next_candidate < len(self._candidates):
-                    ring_bell(folder, self._bell, False)  # more are ready: pass the wake on
+                    self._waiter.pass_on(folder)  # more are ready: wake another consumer for them
                 if b"+a" not in rest or not self._judge_attempts():
                     return True
                 # Its poison events were set aside and the rest put back as a new batch: look again.
                 self._candidates, self._next_candidate, rescanned = [], 0, False
-
-    cdef int _choose_wake(self, bytes folder) except -1:
-        """How this consumer will wait on `folder`: on its doorbell (or as its watcher), else with
-        its own watch."""
-        self._stop_watching()
-        if self._watch_lock_fd >= 0:
-            close(self._watch_lock_fd)
-            self._watch_lock_fd = -1
-        self._wake_folder = folder
-        self._bell = open_bell(folder, self._file_mode, self._exact_mode, True)
-        if self._bell is not None:
-            self._watch_lock_fd = open_watch_lock(folder, self._file_mode, self._exact_mode)
-            if self._watch_lock_fd >= 0:
-                self._wake_by = WAKE_BELL
-                return 0
-        self._own_watch()
-        return 0
-
-    cdef int _own_watch(self) except -1:
-        self._stop_watching()
-        self._wake_by = WAKE_OWN_WATCH
-        # Watch before scanning, so that a batch published between the scan and the wait wakes us.
-        self._watch_fd = tq_watch_open(self._wake_folder)
-        if self._watch_fd < 0:
-            self._watch_fd = -2
-        return 0
-
-    cdef bint _still_quiet(self) except -1:
-        """After a sleep on the doorbell that timed out quietly: whether the folder can be left
-        unlisted, because the doorbell was not rung since and the watcher sleeps on the folder
-        now (it takes whatever lands, whoever put it there)."""
-        cdef int fd, quiet
-        cdef uint32_t seen = self._bell_seen
-        if self._wake_by != WAKE_BELL:
-            return False
-        fd = self._bell.fd
-        with nogil:
-            quiet = tq_bell_quiet(fd, seen)
-        return quiet != 0
-
-    cdef int _read_bell(self) except -1:
-        cdef int rc
-        if self._wake_by != WAKE_BELL:
-            return 0
-        with nogil:
-            rc = tq_bell_read(self._bell.fd, &self._bell_seen)
-        if rc != 0:  # truncated under us: open what the name is now, or watch the folder
-            forget_bell(self._bell)
-            self._choose_wake(self._wake_folder)
-        return 0
-
-    cdef int _stop_watching(self) except -1:
-        """Close this consumer's watch of the folder; as the watcher, give the role up."""
-        if self._watch_fd >= 0:
-            close(self._watch_fd)
-        self._watch_fd = -1
-        if self._watcher:
-            self._watcher = False
-            tq_funlock(self._watch_lock_fd)
-        return 0
 
     cdef bint _judge_attempts(self) except -1:
         """The claimed batch killed consumers before: True when this many deaths set the events
@@ -820,7 +732,7 @@ cdef class Dequeue(_QueueBase):
                 raise os_error(err, "return batch to the queue", self._path)
         finally:
             self._drop_lock()
-        ring_bell(self._batch_folder, self._bell if self._wake_folder == self._batch_folder else None)
+        self._waiter.ring(self._batch_folder)
         return 0
 
     cdef object _in_hand(self, Py_ssize_t handed):
@@ -833,102 +745,10 @@ cdef class Dequeue(_QueueBase):
     cdef Waited _wait(self, double timeout) except *:
         cdef double started = tq_now()
         try:
-            return self._wait_for_ready(timeout)
+            return self._waiter.wait(timeout)
         finally:
             self._waited_s += tq_now() - started
             self._waits += 1
-
-    cdef Waited _wait_for_ready(self, double timeout) except *:
-        cdef int fd, rc
-        cdef double deadline, step = 0.001
-        if self._wake_by == WAKE_BELL:
-            return self._wait_on_bell(timeout)
-        fd = self._watch_fd
-        if fd >= 0:
-            with nogil:
-                rc = wait_for_ready(fd, timeout)
-            return WAITED_QUIET if rc == 0 else WAITED_LOOK
-        # No inotify on this platform: poll the folder with a growing interval (at most 10 ms).
-        folder = self._folder()
-        deadline = tq_now() + timeout
-        while True:
-            with nogil:
-                tq_sleep(min(step, deadline - tq_now()))
-            if count_ready(folder, False) != 0 or tq_now() >= deadline:
-                return WAITED_LOOK
-            step = min(step * 2, 0.01)
-
-    cdef Waited _wait_on_bell(self, double timeout) except *:
-        """Wait as the folder's watcher (taking the role when it is free) or on its doorbell."""
-        cdef int fd, rc
-        if not self._watcher and not self._quiet:  # (quiet: a watcher sleeps on the folder now)
-            rc = try_watch(self._watch_lock_fd)
-            self._watcher_seen = rc == WATCH_TAKEN
-            if rc == WATCH_UNUSABLE:
-                self._own_watch()
-                return WAITED_LOOK
-            if rc == 0:
-                fd = tq_watch_open(self._wake_folder)
-                if fd < 0:
-                    tq_funlock(self._watch_lock_fd)  # (no inotify: sleep on the doorbell, the role stays free)
-                else:
-                    self._watcher = True
-                    self._watch_fd = fd
-                    _crash_point("watch")
-                    return WAITED_LOOK  # look first: a batch may have landed before the watch began
-        if self._saw_held:
-            # A batch is locked for longer than a moment (a slow give-back): its unlocking lands no
-            # name to wake anyone, so look again soon.
-            with nogil:
-                tq_sleep(min(timeout, 0.005))
-            return WAITED_LOOK
-        if self._watcher:
-            return self._watch(timeout)
-        return self._sleep_on_bell(timeout)
-
-    cdef Waited _watch(self, double timeout) except *:
-        """The watcher's wait: on its watch of the folder, under leases that tell ringers it takes
-        what lands (renewed every WATCH_LEASE_S, so that a stopped watcher's lease soon ends)."""
-        cdef int fd = self._watch_fd, bell_fd = self._bell.fd, rc
-        cdef double deadline = tq_now() + timeout, step
-        while True:
-            step = min(deadline - tq_now(), WATCH_LEASE_S)
-            if step <= 0:
-                return WAITED_QUIET  # (the watch saw every ready_ name that landed; the lease is over)
-            with nogil:
-                tq_bell_lease(bell_fd, tq_now_ns() + <uint64_t>(step * 1e9))
-                rc = wait_for_ready(fd, step)
-            if rc != 0:
-                with nogil:
-                    tq_bell_lease(bell_fd, 0)  # awake: from here on ringers wake another consumer
-                _crash_point("watched")
-                return WAITED_LOOK
-
-    cdef Waited _sleep_on_bell(self, double timeout) except *:
-        cdef uint32_t *word = self._bell.word
-        cdef uint32_t seen = self._bell_seen
-        cdef double step = min(timeout, BELL_SLEEP_S)
-        cdef double warm = min(step, self._claimed_at + WARM_S - tq_now())
-        cdef int rc = TQ_BELL_TIMED_OUT
-        _crash_point("wait")
-        with nogil:
-            if warm > 0:  # woken first for a moment after a batch, while its caches hold it
-                rc = tq_bell_wait(word, seen, warm, TQ_BELL_WARM)
-            if rc == TQ_BELL_TIMED_OUT and step > warm:
-                rc = tq_bell_wait(word, seen, step - max(warm, 0), TQ_BELL_COLD)
-        if rc == TQ_BELL_RUNG:
-            _crash_point("woken")
-            return WAITED_LOOK
-        if rc != TQ_BELL_TIMED_OUT or not self._bell.still_named():
-            # Truncated, removed or replaced: open what the name refers to now at the next claim.
-            forget_bell(self._bell)
-            self._wake_by = WAKE_UNSET
-            return WAITED_LOOK
-        # Not rung: no batch came that a ringer did not leave to a sleeping watcher, and one whose
-        # producer rings nothing was seen by the watcher. Look again only if there was no watcher
-        # to see it, or after a sleep cut short at BELL_SLEEP_S (a watcher stopped mid-lease).
-        self._quiet = self._watcher_seen and step >= timeout
-        return WAITED_QUIET if self._quiet else WAITED_LOOK
 
     cdef int _maybe_reclaim(self, bytes folder) except -1:
         cdef double now = tq_now()
@@ -1008,12 +828,7 @@ cdef class Dequeue(_QueueBase):
 
     cdef int _release(self) except -1:
         self._owner.release()
-        self._stop_watching()
-        if self._watch_lock_fd >= 0:
-            close(self._watch_lock_fd)
-        self._watch_lock_fd = -1
-        self._wake_by = WAKE_UNSET
-        self._bell = None  # (the process's doorbell closes with its last user)
+        self._waiter.release()
         return 0
 
     cdef int _requeue_rest(self) except -1:
@@ -1069,13 +884,7 @@ cdef class Dequeue(_QueueBase):
         self._chunk.nrows = 0
         self._pos = 0
         self._free_end = 0
-        if self._watch_fd >= 0:
-            close(self._watch_fd)
-        self._watch_fd = -1
-        if self._watch_lock_fd >= 0:
-            close(self._watch_lock_fd)  # (the child's copy, never unlocked: the parent stays the watcher)
-        self._watch_lock_fd = -1
-        self._watcher = False
+        self._waiter.forget_after_fork()
         # The child's copy of the batch's lock: kept open, it would keep the batch locked after the
         # parent died, for as long as the child lives (closing it leaves the parent's lock held).
         self._drop_lock()

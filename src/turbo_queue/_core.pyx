@@ -18,6 +18,7 @@ first (each includes only what is above it in this list, and says in its first l
     _settings.pxi     the settings every class shares
     _recovery.pxi     batches of dead processes back to ready_ (recover_folder, Startup)
     _producer.pxi     Enqueue
+    _waiting.pxi      how a consumer waits: as the watcher, on the doorbell, or on its own watch
     _consumer.pxi     Dequeue
     _lifecycle.pxi    closing at exit, forgetting the parent's files after fork()
 
@@ -89,5 +90,6 @@ include "_serializers.pxi"
 include "_settings.pxi"
 include "_recovery.pxi"
 include "_producer.pxi"
+include "_waiting.pxi"
 include "_consumer.pxi"
 include "_lifecycle.pxi"
