@@ -217,6 +217,7 @@ def test_in_process_counters_only_grow(tmp_path):
     assert value("turbo_queue_process_events_consumed_total") == len(got) == 25
     assert d.get_batch() == []  # none left: it waited
     assert value("turbo_queue_process_wait_seconds_total") > 0
+    assert value("turbo_queue_process_waits_total") >= 1
     d.close()
     assert value("turbo_queue_process_events_consumed_total") == 25
     assert value("turbo_queue_process_batches_consumed_total") == 3

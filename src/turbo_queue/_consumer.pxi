@@ -862,7 +862,9 @@ cdef class Dequeue(_QueueBase):
         """What this consumer did so far, for metrics (see turbo_queue.metrics): events handed out,
         batches claimed, seconds spent waiting for a batch, batches of dead processes it reclaimed,
         files it quarantined, events it set aside as undecodable and as dead letters, and the
-        recovery passes it ran (one consumer of a pool runs one each reclaim_interval)."""
+        recovery passes it ran (one consumer of a pool runs one each reclaim_interval), the times it
+        slept for a batch (woken or timed out), and its looks at the folder that found nothing to
+        claim (or were skipped: nothing could have landed)."""
         return {"events": self._total_gets, "batches": self._total_batch,
                 "wait_seconds": self._waited_s, "reclaimed": self._reclaimed,
                 "quarantined": self._quarantined, "set_aside": self._set_aside,

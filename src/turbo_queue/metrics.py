@@ -215,6 +215,8 @@ class ProcessCollector(Collector):
             ("turbo_queue_process_batches_consumed", "Batches this process's consumers claimed", "consumer", "batches"),
             ("turbo_queue_process_wait_seconds", "Seconds this process's consumers waited for a batch", "consumer",
              "wait_seconds"),
+            ("turbo_queue_process_waits", "Times this process's consumers slept for a batch (woken or timed "
+             "out): about one per batch and per wait_timeout, however many consumers wait", "consumer", "waits"),
             ("turbo_queue_process_reclaims", "Batches of dead processes this process's consumers reclaimed",
              "consumer", "reclaimed"),
             ("turbo_queue_process_quarantines", "Files this process's consumers quarantined", "consumer",
