@@ -14,6 +14,10 @@ Idle consumers wait the way users' do: turbo-queue's get() with its wait_timeout
     python bench/many.py --consumers 1 8 32 120 --producers 1 --repeat 3 --out docs/many-2core
     python bench/many.py --consumers 8 --producers 1 4 8 --systems tq
 
+Environment: TQ_MANY_WAIT sets the consumers' wait_timeout (default 0.1 s, the package's default);
+TQ_MANY_COUNTERS=FILE appends each turbo-queue consumer's counters() and CPU time to FILE (how
+batches spread over a pool).
+
 Events: "dict" goes through the original's API (add() / next(get()), JSON); "raw" through the
 batch API (add_many() / get_batch(), bytes), where the cost per event is smallest and any cost per
 batch shows most.
@@ -175,9 +179,6 @@ def runner(system, n, k, p, per_file, kind):
         done = ctx.Event()
         cons = [ctx.Process(target=tq_consumer, args=(root, kind, done, counts, i, meters[i]))
                 for i in range(k)]
-        if os.environ.get("TQ_MANY_ELSEWHERE"):  # (an experiment: all consumers but the first on another queue)
-            cons[1:] = [ctx.Process(target=tq_consumer, args=(root + "/x", kind, done, counts, i, meters[i]))
-                        for i in range(1, k)]
         prods = [ctx.Process(target=tq_producer, args=(root, m, per_file, kind, meters[k + j]))
                  for j, m in enumerate(split(n, p))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -204,9 +205,6 @@ def runner(system, n, k, p, per_file, kind):
         raise SystemExit(f"{system}: {sum(counts)} events arrived of {n}")
     user = after.ru_utime - before.ru_utime
     system_s = after.ru_stime - before.ru_stime
-    if os.environ.get("TQ_MANY_SPLIT"):
-        print("producers", [round(x, 3) for x in cpu[k:]], "consumers", round(sum(cpu[:k]), 3),
-              "busiest", sorted(round(x, 3) for x in cpu[:k])[-4:], file=sys.stderr)
     print(json.dumps({"events_per_s": n / elapsed, "cpu_us": sum(cpu) / n * 1e6,
                       "sys_us": sum(sys_cpu) / n * 1e6, "cpu_all_us": (user + system_s) / n * 1e6}))
 

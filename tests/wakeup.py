@@ -1,7 +1,6 @@
 """Helpers of the wake-up tests (test_wakeup.py): consumer processes that record what they get and
 when, the watch lock's state, and a process's scheduler state."""
 
-import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -11,6 +10,7 @@ import sys
 import time
 
 import turbo_queue
+from turbo_queue._folder import lock_held
 
 ctx = mp.get_context("fork")
 STOP = "STOP"  # the event that stops one recording consumer
@@ -83,17 +83,7 @@ def wait_until(check, seconds, what):
 
 def watch_lock_held(root):
     """Whether a consumer of queue q holds .watch.lock (is the watcher)."""
-    try:
-        fd = os.open(os.path.join(root, "q", ".watch.lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(os.path.join(root, "q", ".watch.lock")) is True
 
 
 def process_state(pid):

@@ -552,7 +552,7 @@ cdef class Dequeue(_QueueBase):
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
                 if self._next_candidate < len(self._candidates):
-                    self._waiter.pass_on(folder)  # more are ready: wake another consumer for them
+                    self._waiter.ring(folder, False)  # more are ready: wake another consumer for them
                 if b"+a" not in rest or not self._judge_attempts():
                     return True
                 # Its poison events were set aside and the rest put back as a new batch: look again.
@@ -732,7 +732,7 @@ cdef class Dequeue(_QueueBase):
                 raise os_error(err, "return batch to the queue", self._path)
         finally:
             self._drop_lock()
-        self._waiter.ring(self._batch_folder)
+        self._waiter.ring(self._batch_folder, True)  # (put back in ready_)
         return 0
 
     cdef object _in_hand(self, Py_ssize_t handed):

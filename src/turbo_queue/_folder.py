@@ -62,10 +62,16 @@ def events_ready(folder: str) -> int:
 def owner_alive(folder: str, token: str) -> bool | None:
     """True/False when the owner lock says so, None when there is no lock file. Read-only: a shared
     lock taken and dropped at once, never created."""
-    path = os.path.join(folder, owner_lock_name(token))
+    return lock_held(os.path.join(folder, owner_lock_name(token)))
+
+
+def lock_held(path: str) -> bool | None:
+    """Whether a process holds the flock of `path` (an owner lock, the watch lock...); None when
+    there is no such file to look at (missing, or a symlink or FIFO planted under its name, never
+    followed nor waited on). Read-only: a shared lock taken and dropped at once, never created."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

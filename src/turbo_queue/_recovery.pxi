@@ -289,26 +289,13 @@ cdef int reclaim_turn(bytes folder, double interval, int mode, bint exact, bint 
     end_reclaim_turn() after the pass, TURN_SKIP, or TURN_UNLOCKED. A consumer's `first` pass is
     skipped only while another runs (a restarted consumer takes its dead predecessor's batches at
     once)."""
-    cdef bytes path = folder + RECLAIM_LOCK_B
     cdef int fd, rc
-    cdef bint created = True
     cdef double age
-    cdef int flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            created = False
-            fd = os.open(path, flags)
-    except OSError:  # a symlink, another user's file, a read-only or full folder...
+    fd, st, created = open_shared_file(folder + RECLAIM_LOCK_B, mode, exact, True,
+                                       "recovery passes run without it")
+    if fd < 0:  # a symlink, another user's file, a read-only or full folder...
         return TURN_UNLOCKED
     try:
-        st = os.fstat(fd)
-        if not stat_module.S_ISREG(st.st_mode):
-            close(fd)
-            return TURN_UNLOCKED
-        if exact and created:
-            os.fchmod(fd, mode)
         with nogil:
             rc = tq_flock_nb(fd)
         age = time.time() - st.st_mtime

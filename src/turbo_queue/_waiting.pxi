@@ -93,14 +93,9 @@ cdef class _Waiter:
             self.attach(self.folder, self.mode, self.exact)
         return 0
 
-    cdef int pass_on(self, bytes folder) except -1:
-        """This consumer claimed a batch and saw more ready: wake another for them."""
-        ring_bell(folder, self.bell if folder == self.folder else None, False)
-        return 0
-
-    cdef int ring(self, bytes folder) except -1:
-        """This consumer put a batch back in ready_."""
-        ring_bell(folder, self.bell if folder == self.folder else None)
+    cdef int ring(self, bytes folder, bint unless_watched) except -1:
+        """Ring `folder`'s doorbell with the one this consumer holds (see ring_bell)."""
+        ring_bell(folder, self.bell if folder == self.folder else None, unless_watched)
         return 0
 
     cdef int _stop_watching(self) except -1:

@@ -68,62 +68,61 @@ cdef class _Bell:
 
 # folder -> _Bell in use in this process (forked children inherit the mappings, which stay shared).
 _bells = weakref.WeakValueDictionary()
-cdef set _bell_reported = set()
+cdef set _shared_reported = set()  # paths of unusable shared files, logged once
 
 
-cdef int _open_shared_file(bytes path, int mode, bint exact, bint create, int64_t *size) except -3:
-    """Open a small file of the folder that processes share (the doorbell, the watch lock): never
-    through a symlink, never blocking on a FIFO. The descriptor (its size in *size); -1 when it
-    does not exist and `create` is false; -2 when it cannot be used (logged once per process)."""
+cdef tuple open_shared_file(bytes path, int mode, bint exact, bint create, str without_it):
+    """Open a small file of the folder that processes share (the doorbell, the watch lock, the
+    reclaim lock): never through a symlink, never blocking on a FIFO, made with `mode` if missing
+    and `create`. Returns (descriptor, os.stat_result, whether this call made it); the descriptor is
+    -1 when the file does not exist and `create` is false, -2 when it cannot be used (logged once
+    per process, with `without_it`: what is done instead)."""
     cdef int flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     cdef int fd = -1
+    cdef bint created = False
     try:
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
             if not create:
-                return -1
+                return -1, None, False
             try:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+                created = True
                 if exact:
                     os.fchmod(fd, mode)
-            except FileExistsError:  # another process created it first
+            except FileExistsError:  # another process made it first
                 fd = os.open(path, flags)
         st = os.fstat(fd)
         if not stat_module.S_ISREG(st.st_mode):
             raise OSError(EISDIR, "not a regular file")
-        size[0] = st.st_size
     except OSError as e:
         if fd >= 0:
             close(fd)
-        if isinstance(e, FileNotFoundError) and not create:
-            return -1
-        if path not in _bell_reported:
-            _bell_reported.add(path)
-            logger.warning("turbo_queue: cannot use %s (%s); consumers of this queue that cannot "
-                           "use it watch the folder themselves (no event is affected, only the cost "
-                           "of waking them). Remove it if it is not the queue's own.",
-                           os.fsdecode(path), e.strerror or e)
-        return -2
-    return fd
+        if path not in _shared_reported:
+            _shared_reported.add(path)
+            logger.warning("turbo_queue: cannot use %s (%s): %s. No event is affected; remove it if "
+                           "it is not the queue's own.", os.fsdecode(path), e.strerror or e, without_it)
+        return -2, None, False
+    return fd, st, created
 
 
 cdef _Bell open_bell(bytes folder, int mode, bint exact, bint create):
     """The folder's doorbell, opened once per process; None where it does not exist (and `create`
     is false) or cannot be used."""
     cdef _Bell bell = _bells.get(folder)
-    cdef int64_t size = 0
     cdef int fd
     if bell is not None:
         return bell
-    fd = _open_shared_file(folder + DOORBELL_B, mode, exact, create, &size)
+    fd, st, _ = open_shared_file(folder + DOORBELL_B, mode, exact, create,
+                                 "its consumers watch the folder themselves")
     if fd < 0:
         return None
     try:
-        if size < TQ_BELL_SIZE:
+        if st.st_size < TQ_BELL_SIZE:
             os.ftruncate(fd, TQ_BELL_SIZE)  # (only ever grows it)
     except OSError:
-        if size < 4:
+        if st.st_size < 4:
             close(fd)
             return None
     bell = _Bell.__new__(_Bell)
@@ -176,8 +175,8 @@ cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True):
 cdef int open_watch_lock(bytes folder, int mode, bint exact) except -3:
     """.watch.lock, opened (made if missing) to try for the watcher role with try_watch() as often
     as needed; WATCH_UNUSABLE when it cannot be used."""
-    cdef int64_t size = 0
-    cdef int fd = _open_shared_file(folder + WATCH_LOCK_B, mode, exact, True, &size)
+    fd, _, _ = open_shared_file(folder + WATCH_LOCK_B, mode, exact, True,
+                                "its consumers watch the folder themselves")
     return fd if fd >= 0 else WATCH_UNUSABLE
 
 
