@@ -231,3 +231,27 @@ def test_closed_producers_and_consumers_leave_no_file_of_the_folder_open(tmp_pat
     e.close()
     d.close()
     assert open_files_under(tmp_path / "q") == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "symlink", "fifo", "unlocked", "held"])
+def test_probing_a_lock_never_follows_or_blocks_and_says_who_holds_it(tmp_path, kind):
+    import fcntl
+
+    from turbo_queue._folder import lock_held
+
+    path = tmp_path / ".watch.lock"
+    if kind == "symlink":
+        os.symlink(tmp_path / "elsewhere", path)
+    elif kind == "fifo":
+        os.mkfifo(path)  # (opening it to read without O_NONBLOCK would wait for a writer forever)
+    elif kind != "missing":
+        path.write_bytes(b"")
+    holder = os.open(path, os.O_RDONLY) if kind == "held" else None
+    if holder is not None:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert lock_held(str(path)) is {"held": True, "unlocked": False}.get(kind)
+    finally:
+        if holder is not None:
+            os.close(holder)
+    assert not (tmp_path / "elsewhere").exists()
