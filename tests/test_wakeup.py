@@ -250,7 +250,7 @@ def test_probing_a_lock_never_follows_or_blocks_and_says_who_holds_it(tmp_path, 
     if holder is not None:
         fcntl.flock(holder, fcntl.LOCK_EX)
     try:
-        assert lock_held(str(path)) is {"held": True, "unlocked": False}.get(kind)
+        assert lock_held(str(path)) is {"held": True, "unlocked": False, "fifo": False}.get(kind)
     finally:
         if holder is not None:
             os.close(holder)

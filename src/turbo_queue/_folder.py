@@ -67,8 +67,8 @@ def owner_alive(folder: str, token: str) -> bool | None:
 
 def lock_held(path: str) -> bool | None:
     """Whether a process holds the flock of `path` (an owner lock, the watch lock...); None when
-    there is no such file to look at (missing, or a symlink or FIFO planted under its name, never
-    followed nor waited on). Read-only: a shared lock taken and dropped at once, never created."""
+    there is no such file to look at (missing, or a symlink planted under its name: never followed;
+    a FIFO is opened without waiting for a writer). Read-only: a shared lock taken and dropped at once, never created."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
