@@ -72,6 +72,7 @@ cdef extern from "_tq_os.h" nogil:
     int tq_rename_noreplace(const char *src, const char *dst)
     int tq_write_errno(int sqlite_errno)
     int tq_watch_open(const char *dir)
+    int tq_watch_open_for(const char *dir, int departures)
     int tq_watch_wait(int fd, double timeout, const char *prefix)
     int TQ_BELL_SIZE, TQ_BELL_TIMED_OUT, TQ_BELL_RUNG
     uint64_t tq_now_ns()

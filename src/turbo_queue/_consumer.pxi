@@ -281,7 +281,34 @@ cdef class Dequeue(_QueueBase):
         ready after waiting `timeout` seconds. The batch is deleted on the next call."""
         return self._get_many(2 ** 62, timeout, True)
 
-    cdef list _get_many(self, Py_ssize_t n, object timeout, bint whole):
+    def _get_part(self, Py_ssize_t n, bint whole, bint continued):
+        """get_many(n, timeout=0), or with `whole` get_batch(timeout=0), in parts of at most n
+        events, for a caller that must not decode a whole batch in one call (turbo_queue.aio). A
+        `continued` part comes from the held batch only ([] once it is used up, where the next call
+        would delete it and claim the next); with `whole`, the events in hand (see max_attempts) are
+        those of every part since the first."""
+        if continued and not self._more_in_batch():
+            return []
+        return self._get_many(n, 0.0, whole, continued)
+
+    @property
+    def _saw_held(self):
+        """The last look found a ready batch locked for longer than a moment (a slow give-back):
+        its unlocking lands no name in the folder, so a watcher of the folder looks again soon."""
+        return self._waiter.saw_held
+
+    cdef bint _more_in_batch(self) except -1:
+        self._enter()
+        try:
+            if self._closed or self._db == NULL:
+                return False
+            if self._pos >= self._chunk.nrows and self._reading == READING:
+                self._fill()
+            return self._pos < self._chunk.nrows
+        finally:
+            self._busy = False
+
+    cdef list _get_many(self, Py_ssize_t n, object timeout, bint whole, bint continued=False):
         cdef double wait = self._wait_timeout if timeout is None else _check_timeout(timeout)
         cdef list out = []
         cdef Py_ssize_t first
@@ -290,6 +317,8 @@ cdef class Dequeue(_QueueBase):
         if self._ensure_rows(wait) != ROWS_AVAILABLE:
             return out
         first = self._chunk_start + self._pos
+        if continued and whole and self._holding is not None:
+            first = self._holding[0]  # (the span in hand began with the first part)
         if self._careful and not whole:
             # One event per call, recorded before it is handed out, so that a poison event is told
             # apart from the others (get_batch() promises the whole rest: recorded as a span).
@@ -308,7 +337,7 @@ cdef class Dequeue(_QueueBase):
                 _gc_enable()
         if self._careful and whole and out:
             try:
-                self._hold((first, first + len(out) - 1))
+                self._hold((first, self._chunk_start + self._pos - 1))
             except BaseException:
                 self._give_back()  # not handed out: the batch goes back whole
                 raise

@@ -13,6 +13,7 @@ first (each includes only what is above it in this list, and says in its first l
     _batchfile.pxi    the batch file: schema, pragmas, creating, writing and reading one
     _wakeup.pxi       waking consumers: the folder's doorbell and its watcher role
     _protocol.pxi     the folder: names of every state, and the transitions between states
+    _loopwatch.pxi    a watch of the folder that an event loop can wait on (turbo_queue.aio)
     _owner.pxi        owner locks: who is alive
     _serializers.pxi  events to bytes and back
     _settings.pxi     the settings every class shares
@@ -67,7 +68,7 @@ from cpython.pythread cimport (
     PyThread_type_lock,
 )
 from libc.errno cimport (EACCES, EDQUOT, EEXIST, EIO, EISDIR, ELOOP, EMFILE, ENAMETOOLONG, ENFILE,
-                         ENOENT, ENOMEM, ENOSPC, ENOTDIR, ENXIO, EPERM, EROFS, errno)
+                         ENOENT, ENOMEM, ENOSPC, ENOSYS, ENOTDIR, ENXIO, EPERM, EROFS, errno)
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdio cimport rename
@@ -85,6 +86,7 @@ include "_crash.pxi"
 include "_batchfile.pxi"
 include "_wakeup.pxi"
 include "_protocol.pxi"
+include "_loopwatch.pxi"
 include "_owner.pxi"
 include "_serializers.pxi"
 include "_settings.pxi"

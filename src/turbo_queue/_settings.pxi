@@ -106,6 +106,10 @@ cdef class _QueueBase:
             self._folder_b = folder
         return self._folder_b
 
+    def _folder_watch(self, departures=False):
+        """A FolderWatch of this queue's folder (created if missing): for turbo_queue.aio."""
+        return FolderWatch(self._folder(), departures)
+
     cdef int _folder_mode(self):
         # Search (x) bits wherever the file mode gives read bits: 0o600 -> 0o700, 0o640 -> 0o750.
         return self._file_mode | ((self._file_mode & 0o444) >> 2) if self._exact_mode else 0o777

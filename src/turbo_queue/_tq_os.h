@@ -281,12 +281,14 @@ static int tq_write_errno(int sqlite_errno) {
 }
 
 /* Wakes a waiting consumer as soon as a file is renamed into the folder (inotify), instead of
- * polling. Returns a descriptor, or -1 with errno (ENOSYS where there is no inotify). */
-static int tq_watch_open(const char *dir) {
+ * polling; with `departures`, a waiting producer as soon as one is renamed out or deleted.
+ * Returns a descriptor, or -1 with errno (ENOSYS where there is no inotify). */
+static int tq_watch_open_for(const char *dir, int departures) {
 #if TQ_HAVE_INOTIFY
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0) return -1;
-    if (inotify_add_watch(fd, dir, IN_MOVED_TO | IN_CREATE) < 0) {
+    if (inotify_add_watch(fd, dir, departures ? (IN_MOVED_FROM | IN_DELETE)
+                                              : (IN_MOVED_TO | IN_CREATE)) < 0) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -295,10 +297,13 @@ static int tq_watch_open(const char *dir) {
     return fd;
 #else
     (void)dir;
+    (void)departures;
     errno = ENOSYS;
     return -1;
 #endif
 }
+
+static int tq_watch_open(const char *dir) { return tq_watch_open_for(dir, 0); }
 
 /* Waits up to `timeout` seconds for a file whose name starts with `prefix` to land in the watched
  * folder (renamed or linked in). Other files (loading_, journals, chosen_) are ignored, so that
