@@ -24,6 +24,7 @@ from turbo_queue.errors import (
 )
 
 if TYPE_CHECKING:
+    from turbo_queue.aio import AsyncDequeue, AsyncEnqueue
     from turbo_queue._deadletters import DeadLetter, dead_letters, requeue
     from turbo_queue._mpqueue import Queue
 
@@ -43,6 +44,11 @@ def __getattr__(name: str) -> object:
 
         globals()["Queue"] = Queue
         return Queue
+    if name in ("AsyncDequeue", "AsyncEnqueue"):  # (asyncio: loaded on first use too)
+        from turbo_queue import aio
+
+        globals()[name] = value = getattr(aio, name)
+        return value
     if name in ("DeadLetter", "dead_letters", "requeue"):  # (tools: loaded on first use too)
         from turbo_queue import _deadletters
 
@@ -51,6 +57,8 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'turbo_queue' has no attribute {name!r}")
 
 __all__ = [
+    "AsyncDequeue",
+    "AsyncEnqueue",
     "DURABILITY",
     "SERIALIZERS",
     "SQLITE_VERSION",
