@@ -39,7 +39,7 @@ grep -q 'turbo_queue.libs/libsqlite3' "$work/contents.txt" || { echo "SQLite is 
 
 echo "== fresh virtual environment"
 "$python" -m venv "$work/venv"
-"$work/venv/bin/pip" install -q "$wheel[kafka,metrics]" pytest hypothesis msgpack rich
+"$work/venv/bin/pip" install -q "$wheel[kafka,metrics,http]" pytest hypothesis msgpack rich
 ext=$("$work/venv/bin/python" -c 'import turbo_queue._core as c; print(c.__file__)')
 echo "ldd $ext:"
 ldd "$ext" | tee "$work/ldd.txt"
