@@ -281,9 +281,9 @@ cdef class Dequeue(_QueueBase):
         ready after waiting `timeout` seconds. The batch is deleted on the next call."""
         return self._get_many(2 ** 62, timeout, True)
 
-    def _get_part(self, Py_ssize_t n, bint whole, bint continued):
+    def get_part(self, Py_ssize_t n, bint whole, bint continued):
         """get_many(n, timeout=0), or with `whole` get_batch(timeout=0), in parts of at most n
-        events, for a caller that must not decode a whole batch in one call (turbo_queue.aio). A
+        events, for a caller that must not decode a whole batch in one call (an event loop). A
         `continued` part comes from the held batch only ([] once it is used up, where the next call
         would delete it and claim the next); with `whole`, the events in hand (see max_attempts) are
         those of every part since the first."""
@@ -292,7 +292,7 @@ cdef class Dequeue(_QueueBase):
         return self._get_many(n, 0.0, whole, continued)
 
     @property
-    def _saw_held(self):
+    def saw_held_batch(self):
         """The last look found a ready batch locked for longer than a moment (a slow give-back):
         its unlocking lands no name in the folder, so a watcher of the folder looks again soon."""
         return self._waiter.saw_held

@@ -1,4 +1,4 @@
-# A watch of a queue's folder that an event loop can wait on: the wake-up of turbo_queue.aio.
+# A watch of a queue's folder that an event loop can wait on: the wake-up of async consumers.
 #
 # A blocking consumer sleeps in the kernel (_waiting.pxi); a coroutine cannot, and a futex has no
 # descriptor for a loop to poll. So an async consumer watches the folder itself: one inotify

@@ -106,8 +106,8 @@ cdef class _QueueBase:
             self._folder_b = folder
         return self._folder_b
 
-    def _folder_watch(self, departures=False):
-        """A FolderWatch of this queue's folder (created if missing): for turbo_queue.aio."""
+    def folder_watch(self, departures=False):
+        """A FolderWatch of this queue's folder (created if missing), for an event loop to wait on."""
         return FolderWatch(self._folder(), departures)
 
     cdef int _folder_mode(self):

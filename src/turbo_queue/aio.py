@@ -118,7 +118,7 @@ def _wakeup_for(queue: Dequeue | Enqueue, departures: bool) -> _Wakeup:
     wakeup = _wakeups.get(key)
     if wakeup is None:
         try:
-            watch: FolderWatch | None = queue._folder_watch(departures)
+            watch: FolderWatch | None = queue.folder_watch(departures)
         except OSError as e:
             logger.warning("turbo_queue: cannot watch the queue folder %s (%s); its async %s polls "
                            "it instead (every %g s at most)", folder, e,
@@ -202,7 +202,7 @@ class AsyncDequeue:
         while True:
             async with self._parts:
                 self._raise_pending()
-                out = self._q._get_part(min(n, PART), whole, False)
+                out = self._q.get_part(min(n, PART), whole, False)
                 if out:
                     return await self._rest_of_parts(out, n, whole)
             if not await self._wait(deadline):
@@ -224,7 +224,7 @@ class AsyncDequeue:
                 raise
             want = min(n - len(out), PART)
             try:
-                part = self._q._get_part(want, whole, True)
+                part = self._q.get_part(want, whole, True)
             except DecodeError as e:  # (it is set aside: hand out what came before, raise next)
                 self._raise_next = e
                 break
@@ -245,7 +245,7 @@ class AsyncDequeue:
         # Look at the folder now and then however long the wait: recovery of the batches of dead
         # consumers runs on a look (every reclaim_interval).
         step = min(left, self._q.reclaim_interval)
-        if self._q._saw_held:
+        if self._q.saw_held_batch:
             step = min(step, HELD_RECHECK_S)
         await self._wakeup.wait(step)
         return not self._closed
