@@ -49,10 +49,26 @@ class _Wakeup:
         self._folder = folder
         self._waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()
+
+    def _watch_anew(self) -> None:
+        """In a forked child: the inherited watch is the parent's as well; watch on our own."""
+        inherited, self._watch = self._watch, None
+        self._pid, self._loop, self._waiters = os.getpid(), None, set()
+        if inherited is not None:
+            try:
+                self._watch = FolderWatch(self._folder, inherited.departures)
+            except OSError as e:
+                logger.warning("turbo_queue: cannot watch the queue folder %s (%s); polling it "
+                               "instead", self._folder, e)
+            inherited.close()  # (this process's copy of the descriptor only)
 
     async def wait(self, timeout: float) -> None:
         """Return once the watch saw a ready_ batch move (a look at the folder may find it), or
         after `timeout` seconds."""
+        if self._pid != os.getpid():
+            self._watch_anew()
+            return  # (what landed before the new watch began: look first)
         watch = self._watch
         if watch is None or watch.fileno() < 0:
             await asyncio.sleep(min(timeout, POLL_MAX_S))
@@ -108,8 +124,12 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 # One watch per folder and direction in a process, shared by its consumers (an inotify instance is
-# a scarce per-user resource: 128 by default).
+# a scarce per-user resource: 128 by default). A forked child makes its own: a watch inherited
+# through fork() is the parent's too, and whichever process read it first would take the other's
+# wake-ups.
 _wakeups: weakref.WeakValueDictionary[tuple[bytes, bool], _Wakeup] = weakref.WeakValueDictionary()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_wakeups.clear)
 
 
 def _wakeup_for(queue: Dequeue | Enqueue, departures: bool) -> _Wakeup:
