@@ -51,6 +51,20 @@ if sqlite3_vfs_find(b"unix-none") != NULL:
 
 SQLITE_VERSION = sqlite3_libversion().decode()
 
+
+def _sqlite_options():
+    cdef int i = 0
+    cdef list out = []
+    while sqlite3_compileoption_get(i) != NULL:
+        out.append(sqlite3_compileoption_get(i).decode())
+        i += 1
+    return tuple(out)
+
+
+# The options the SQLite in use was compiled with (without the SQLITE_ prefix): which one a wheel
+# carries, and whether it is the tuned one compiled into the extension (see setup.py).
+SQLITE_OPTIONS = _sqlite_options()
+
 # Whether this SQLite can build batches in memory (the default where it can): one file created per
 # batch instead of three, written in one go when the batch is published.
 MEMDB_AVAILABLE = bool(TQ_HAVE_MEMDB and sqlite3_vfs_find(b"memdb") != NULL)

@@ -24,6 +24,7 @@ cdef extern from "sqlite3.h" nogil:
     sqlite3_destructor_type SQLITE_STATIC
 
     const char *sqlite3_libversion()
+    const char *sqlite3_compileoption_get(int n)
     int sqlite3_open_v2(const char *filename, sqlite3 **db, int flags, const char *vfs)
     int sqlite3_close_v2(sqlite3 *db)
     int sqlite3_exec(sqlite3 *db, const char *sql, void *callback, void *arg, char **errmsg)

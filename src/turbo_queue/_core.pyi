@@ -10,6 +10,7 @@ SERIALIZERS: tuple[str, ...]
 DURABILITY: tuple[str, ...]
 CRASH_POINTS: tuple[str, ...]
 SQLITE_VERSION: str
+SQLITE_OPTIONS: tuple[str, ...]
 logger: logging.Logger
 
 class _Serializer(Protocol):
