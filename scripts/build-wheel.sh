@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build the sdist, build a wheel from that sdist, repair it with auditwheel into a manylinux wheel
-# that carries its own SQLite, install it into a fresh virtual environment and run the test suite
-# against it. The proof, on our machines, of what cibuildwheel does on GitHub Actions.
-#   scripts/build-wheel.sh [OUTDIR]        (default: dist)
+# Build the sdist, build a wheel from that sdist with the pinned SQLite compiled in (the
+# amalgamation of scripts/sqlite.env: TURBO_QUEUE_SQLITE_AMALGAMATION, or built here from Debian's
+# source package), repair it with auditwheel into a manylinux wheel, install it into a fresh
+# virtual environment and run the test suite against it. The proof, on our machines, of what
+# cibuildwheel does on GitHub Actions.
+#   scripts/build-wheel.sh [OUTDIR]        (default: dist; PYTHON: the interpreter, default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-dist}
@@ -11,6 +13,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rm -rf "$out"
 mkdir -p "$out"
+# shellcheck source=sqlite.env
+. scripts/sqlite.env
+
+echo "== SQLite $SQLITE_VERSION amalgamation"
+if [ -z "${TURBO_QUEUE_SQLITE_AMALGAMATION:-}" ]; then
+    scripts/sqlite-amalgamation.sh debian "$work/sqlite"
+    TURBO_QUEUE_SQLITE_AMALGAMATION="$work/sqlite"
+fi
+export TURBO_QUEUE_SQLITE_AMALGAMATION
 
 echo "== tools"
 "$python" -m venv "$work/tools"
@@ -35,7 +46,9 @@ grep -q "consistent with the following platform tag" "$work/show.txt"
 # List to a file first: `grep -q` in a pipe can close it early, and pipefail would call that failure.
 unzip -l "$wheel" > "$work/contents.txt"
 if grep -E '\.(c|pyx|pxi|pxd|h)$' "$work/contents.txt"; then echo "C sources in the wheel" >&2; exit 1; fi
-grep -q 'turbo_queue.libs/libsqlite3' "$work/contents.txt" || { echo "SQLite is not bundled" >&2; exit 1; }
+if grep -q 'libsqlite3' "$work/show.txt" "$work/contents.txt"; then
+    echo "a shared SQLite is linked or bundled: it should be compiled in" >&2; exit 1
+fi
 
 echo "== fresh virtual environment"
 "$python" -m venv "$work/venv"
@@ -43,14 +56,12 @@ echo "== fresh virtual environment"
 ext=$("$work/venv/bin/python" -c 'import turbo_queue._core as c; print(c.__file__)')
 echo "ldd $ext:"
 ldd "$ext" | tee "$work/ldd.txt"
-grep -E 'libsqlite3.*turbo_queue\.libs' "$work/ldd.txt" >/dev/null \
-    || { echo "the extension does not load the bundled SQLite" >&2; exit 1; }
-"$work/venv/bin/python" - <<'PY'
-import turbo_queue  # noqa: F401  (loads the extension, and with it its SQLite)
-maps = [line.split()[-1] for line in open("/proc/self/maps") if "libsqlite3" in line]
-print("SQLite mapped into the process:", sorted(set(maps)))
-assert maps and all("turbo_queue.libs" in m for m in maps), maps
-print("turbo_queue uses SQLite", turbo_queue.SQLITE_VERSION)
+if grep -q libsqlite3 "$work/ldd.txt"; then echo "the extension loads a shared SQLite" >&2; exit 1; fi
+TURBO_QUEUE_EXPECT_SQLITE=$SQLITE_VERSION "$work/venv/bin/python" - <<'PY'
+import os, turbo_queue, turbo_queue._core as core
+print("turbo_queue carries SQLite", turbo_queue.SQLITE_VERSION, "compiled with", ", ".join(core.SQLITE_OPTIONS))
+assert turbo_queue.SQLITE_VERSION == os.environ["TURBO_QUEUE_EXPECT_SQLITE"], turbo_queue.SQLITE_VERSION
+assert core.batch_build() == "memory"
 PY
 
 echo "== tests against the installed wheel"
@@ -67,5 +78,6 @@ INI
 # The Kafka broker's jars: the ones `make test` fetched, if there.
 kafka_libs="$PWD/.side/kafka/libs"
 (cd "$work" && TURBO_QUEUE_KAFKA_LIBS="$kafka_libs" TURBO_QUEUE_LEGACY_PATH="$work/side/tq0.5.2" \
+    TURBO_QUEUE_EXPECT_SQLITE=$SQLITE_VERSION \
     "$work/venv/bin/python" -m pytest -q tests)
 echo "== ok: $wheel"
