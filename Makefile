@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LEGACY := .side/tq0.5.2
 
-.PHONY: install demo test typecheck chaos wheel bench clean
+.PHONY: install demo test typecheck chaos wheel wheel-aarch64 workflows bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,23 @@ chaos: install
 wheel:
 	scripts/build-wheel.sh dist
 
+# An aarch64 wheel cross-built here, its tests run under qemu-user (root: apt, debootstrap, chroot).
+wheel-aarch64:
+	scripts/aarch64-wheel.sh dist-aarch64 $(PYTEST_ARGS)
+
+# The GitHub workflows, checked: actionlint (Go module proxy) and zizmor (PyPI), at pinned versions.
+TOOLS := .side/tools
+$(TOOLS)/bin/actionlint:
+	GOBIN=$(abspath $(TOOLS))/bin GOFLAGS=-modcacherw GOPATH=$(abspath $(TOOLS))/go go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+$(TOOLS)/venv/bin/zizmor:
+	$(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install -q zizmor==1.32.0
+workflows: $(TOOLS)/bin/actionlint $(TOOLS)/venv/bin/zizmor
+	$(TOOLS)/bin/actionlint .github/workflows/*.yml
+	$(TOOLS)/venv/bin/zizmor --offline --min-severity informational .github/workflows/
+
 bench: install $(LEGACY)/turbo_queue/_turbo_queue.py
 	$(PY) bench/e2e.py --legacy-path $(LEGACY)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/turbo_queue/_core.c src/turbo_queue/_kafka_codec.c src/turbo_queue/*.so
+	rm -rf $(VENV) build dist dist-aarch64 src/*.egg-info src/turbo_queue/_core.c src/turbo_queue/_kafka_codec.c src/turbo_queue/*.so

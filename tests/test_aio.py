@@ -59,7 +59,9 @@ def test_drains_a_million_events_of_a_bursty_producer_without_stalling_the_loop(
     assert figures["missing"] == 0 and figures["duplicates"] == 0
     # What the loop ran without a turn, in its own thread's CPU time (the machine's other load
     # does not count): the work of a part of at most PART events, never a whole batch (20,000).
-    assert figures["longest_stall_cpu_ms"] < 50, figures
+    # Under emulation (qemu-user: each instruction costs many) the bound is not this machine's.
+    if not os.environ.get("TURBO_QUEUE_EMULATED"):
+        assert figures["longest_stall_cpu_ms"] < 50, figures
     assert folder_names(tmp_path, ("ready_", "chosen_", "loading_")) == []
 
 
