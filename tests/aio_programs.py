@@ -124,8 +124,9 @@ def holder(root, take, ready_file):
     async def main():
         c = AsyncDequeue(root_path=str(root), queue_name="q", wait_timeout=10)
         got = [await c.get() for _ in range(take)]
-        with open(ready_file, "w") as f:
+        with open(ready_file + ".part", "w") as f:
             json.dump({"got": got, "batch": c.batch_path}, f)
+        os.rename(ready_file + ".part", ready_file)  # (whole when it appears)
         await asyncio.sleep(3600)
 
     asyncio.run(main())

@@ -24,6 +24,11 @@ import tempfile
 import time
 import traceback
 
+# Under emulation (qemu-user: TURBO_QUEUE_EMULATED) a process takes seconds to start: kill less
+# often and run longer, so that a run still publishes and delivers between kills.
+SLOWDOWN = 20 if os.environ.get("TURBO_QUEUE_EMULATED") else 1
+
+
 HERE = os.path.abspath(__file__)
 # Each process must be done this long after it is told to stop, each CLI command after it starts.
 BOUND_S = 60
@@ -307,9 +312,9 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
     procs = {f"p{k}": start("producer", f"p{k}") for k in range(producers)}
     procs.update({f"c{k}": start("consumer", f"c{k}") for k in range(consumers)})
     planted = 0
-    end = time.monotonic() + duration
+    end = time.monotonic() + duration * SLOWDOWN
     while time.monotonic() < end:
-        time.sleep(rng.uniform(0.005, 0.03))
+        time.sleep(rng.uniform(0.005, 0.03) * SLOWDOWN)
         if not os.path.isdir(folder):
             continue
         for _ in range(rng.randint(1, 3)):

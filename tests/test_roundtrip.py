@@ -1,6 +1,7 @@
 """Every serializer gives back exactly what was put, whatever the event."""
 
 import json
+from contextlib import closing
 import math
 import pickle
 
@@ -131,7 +132,7 @@ def test_auto_keeps_shared_and_recursive_containers(tmp_path):
 def stored(tmp_path, queue_name="rt"):
     import sqlite3
     [path] = sorted((tmp_path / queue_name).glob("ready_*.db"))
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:  # (with alone never closes)
         return [row[0] for row in db.execute("SELECT log_data FROM logs ORDER BY rowid")]
 
 

@@ -1,6 +1,7 @@
 """Single-process behaviour of Enqueue/Dequeue: order, batch life cycle, settings, errors."""
 
 import logging
+from contextlib import closing
 import os
 import time
 
@@ -148,7 +149,7 @@ def test_page_size_follows_the_batch_size_and_every_batch_reads_back(tmp_path, b
     e.close()
     pages = []
     for name in batch_files(tmp_path / "q", "ready_"):
-        with sqlite3.connect(tmp_path / "q" / name) as db:
+        with closing(sqlite3.connect(tmp_path / "q" / name)) as db:  # (with alone never closes)
             pages.append(db.execute("PRAGMA page_size").fetchone()[0])
     assert pages == [65536, 4096, 65536, 4096, 4096, 65536]
     assert drain_all(tmp_path) == [i for n in sizes for i in range(n)]
@@ -172,7 +173,7 @@ def test_a_batch_built_in_memory_leaves_only_its_empty_loading_file(tmp_path, ba
     assert os.listdir(cwd) == []
     (ready,) = batch_files(tmp_path / "q")
     import sqlite3
-    with sqlite3.connect(tmp_path / "q" / ready) as db:
+    with closing(sqlite3.connect(tmp_path / "q" / ready)) as db:  # (with alone never closes)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # an ordinary file
     e.close()
