@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import sqlite3
+import sys
 
 import pytest
 
@@ -242,9 +243,13 @@ for ev in d.get():
 """
 
 
-def test_a_process_ended_by_an_uncaught_exception_counts_an_attempt(tmp_path):
-    # Its consumer is closed at exit, and the batch goes back with the event in hand remembered:
-    # a multiprocessing child's (the exception in flight) and a main script's (sys.last_value).
+@pytest.mark.xfail(sys.version_info >= (3, 14), strict=True,
+                   reason="Python 3.14's multiprocessing runs a child's exit functions after its "
+                          "uncaught exception was handled and cleared: the exit hook cannot tell a "
+                          "failure, and the batch goes back without an attempt counted")
+def test_a_multiprocessing_child_ended_by_an_uncaught_exception_counts_an_attempt(tmp_path):
+    # Its consumer is closed at exit, and the batch goes back with the event in hand remembered
+    # (the exception is still in flight when multiprocessing's exit function runs, up to 3.13).
     produce(tmp_path, list(range(10)))
     p = ctx.Process(target=_raise_on, args=(str(tmp_path), 4))
     p.start()
@@ -252,10 +257,16 @@ def test_a_process_ended_by_an_uncaught_exception_counts_an_attempt(tmp_path):
     assert p.exitcode == 1
     (name,) = held_or_waiting(tmp_path)
     assert (_core.parse_name(name).attempts, _core.parse_name(name).in_hand) == (1, ((4, 4),))
-    proc = run_script(UNCAUGHT.format(root=str(tmp_path)), check=False)
-    assert proc.returncode == 1 and "ValueError: 4" in proc.stderr
-    (name,) = held_or_waiting(tmp_path)
-    assert (_core.parse_name(name).attempts, _core.parse_name(name).in_hand) == (2, ((4, 4),))
+
+
+def test_a_script_ended_by_an_uncaught_exception_counts_an_attempt(tmp_path):
+    # A main script's exception is sys.last_value when the exit hook runs.
+    produce(tmp_path, list(range(10)))
+    for attempt in (1, 2):
+        proc = run_script(UNCAUGHT.format(root=str(tmp_path)), check=False)
+        assert proc.returncode == 1 and "ValueError: 4" in proc.stderr
+        (name,) = held_or_waiting(tmp_path)
+        assert (_core.parse_name(name).attempts, _core.parse_name(name).in_hand) == (attempt, ((4, 4),))
     run_script(UNCAUGHT.format(root=str(tmp_path)), check=False)
     # The third failure: the next consumer sets event 4 aside and delivers what follows it.
     assert sorted(drain_all(tmp_path)) == [5, 6, 7, 8, 9]
