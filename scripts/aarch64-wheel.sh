@@ -15,14 +15,10 @@ root=${ARM64_ROOT:-/var/cache/turbo-queue/arm64}
 suite=bookworm  # (its Python, 3.11, is the one whose arm64 headers multiarch gives this host)
 pyver=3.11
 work=$(mktemp -d)
-cleanup() {
-    for m in tmp dev/shm dev/pts dev proc; do umountpoint "$root/$m"; done
-    rm -rf "$work"
-}
-umountpoint() { if mountpoint -q "$1"; then umount -l "$1"; fi; }
+# shellcheck source=roots.sh
+. scripts/roots.sh
+cleanup() { unmount_root "$root"; rm -rf "$work"; }
 trap cleanup EXIT
-# shellcheck source=sqlite.env
-. scripts/sqlite.env
 
 echo "== packages: cross compiler, arm64 Python headers, qemu-user"
 dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
@@ -36,12 +32,7 @@ mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc
 update-binfmts --enable qemu-aarch64 2>/dev/null || true
 grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64
 
-echo "== SQLite $SQLITE_VERSION amalgamation"
-if [ -z "${TURBO_QUEUE_SQLITE_AMALGAMATION:-}" ]; then
-    scripts/sqlite-amalgamation.sh debian "$work/sqlite"
-    TURBO_QUEUE_SQLITE_AMALGAMATION="$work/sqlite"
-fi
-export TURBO_QUEUE_SQLITE_AMALGAMATION
+use_amalgamation "$work/sqlite"
 
 echo "== cross build"
 python3 -m venv "$work/tools"
@@ -66,26 +57,12 @@ if [ ! -x "$root/usr/bin/python$pyver" ]; then
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$suite" "$root" http://deb.debian.org/debian >/dev/null
 fi
-# The host's name server and certificates (those the registries are reached through).
-cp /etc/resolv.conf "$root/etc/resolv.conf"
-cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-mount -t proc proc "$root/proc"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
-mount -t tmpfs -o size=2g tmpfs "$root/dev/shm"
-mount -t tmpfs -o size=4g tmpfs "$root/tmp"
+mount_root "$root"
 rm -rf "$root/tq"
 mkdir -p "$root/tq"
 cp "$wheel" "$root/tq/"
 cp -r tests examples "$root/tq/"
-cat > "$root/tq/pytest.ini" <<'INI'
-[pytest]
-addopts = -ra --strict-markers -m "not chaos" -p no:cacheprovider
-filterwarnings = error
-markers =
-    slow: longer multi-process tests
-    chaos: the long random-kill runs
-INI
+cp pyproject.toml "$root/tq/"  # (its [tool.pytest.ini_options]: markers, warnings as errors)
 run() { chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"; }
 echo "== Debian's arm64 Python: $(run "/usr/bin/python$pyver" -c 'import platform, sys; print(sys.version.split()[0], platform.machine())')"

@@ -13,15 +13,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rm -rf "$out"
 mkdir -p "$out"
-# shellcheck source=sqlite.env
-. scripts/sqlite.env
-
-echo "== SQLite $SQLITE_VERSION amalgamation"
-if [ -z "${TURBO_QUEUE_SQLITE_AMALGAMATION:-}" ]; then
-    scripts/sqlite-amalgamation.sh debian "$work/sqlite"
-    TURBO_QUEUE_SQLITE_AMALGAMATION="$work/sqlite"
-fi
-export TURBO_QUEUE_SQLITE_AMALGAMATION
+# shellcheck source=roots.sh
+. scripts/roots.sh
+use_amalgamation "$work/sqlite"
 
 echo "== tools"
 "$python" -m venv "$work/tools"
@@ -67,14 +61,7 @@ PY
 echo "== tests against the installed wheel"
 cp -r tests examples "$work/"
 mkdir -p "$work/scripts" && cp -r scripts/kafka_broker.py scripts/kafka "$work/scripts/"
-cat > "$work/pytest.ini" <<'INI'
-[pytest]
-addopts = -ra --strict-markers -m "not chaos" -p no:cacheprovider
-filterwarnings = error
-markers =
-    slow: longer multi-process tests
-    chaos: the long random-kill runs
-INI
+cp pyproject.toml "$work/"  # (its [tool.pytest.ini_options]: markers, warnings as errors)
 # The Kafka broker's jars: the ones `make test` fetched, if there.
 kafka_libs="$PWD/.side/kafka/libs"
 (cd "$work" && TURBO_QUEUE_KAFKA_LIBS="$kafka_libs" TURBO_QUEUE_LEGACY_PATH="$work/side/tq0.5.2" \

@@ -11,14 +11,10 @@ suite=${2:-sid}
 shift 2 || shift $# || true
 root=${DEBIAN_ROOT:-/var/cache/turbo-queue/$suite}
 work=$(mktemp -d)
-umountpoint() { if mountpoint -q "$1"; then umount -l "$1"; fi; }
-cleanup() {
-    for m in tmp dev/shm dev/pts dev proc; do umountpoint "$root/$m"; done
-    rm -rf "$work"
-}
+# shellcheck source=roots.sh
+. scripts/roots.sh
+cleanup() { unmount_root "$root"; rm -rf "$work"; }
 trap cleanup EXIT
-# shellcheck source=sqlite.env
-. scripts/sqlite.env
 
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 if [ ! -x "$root/usr/bin/python$pyver" ]; then
@@ -28,20 +24,11 @@ if [ ! -x "$root/usr/bin/python$pyver" ]; then
         "$suite" "$root" http://deb.debian.org/debian >/dev/null
 fi
 
-echo "== SQLite $SQLITE_VERSION amalgamation"
-amalgamation=${TURBO_QUEUE_SQLITE_AMALGAMATION:-}
-if [ -z "$amalgamation" ]; then
-    scripts/sqlite-amalgamation.sh debian "$work/sqlite"
-    amalgamation="$work/sqlite"
-fi
+use_amalgamation "$work/sqlite"
+amalgamation=$TURBO_QUEUE_SQLITE_AMALGAMATION
+unset TURBO_QUEUE_SQLITE_AMALGAMATION  # (the root's own path to it is set below)
 
-cp /etc/resolv.conf "$root/etc/resolv.conf"
-cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-mount -t proc proc "$root/proc"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
-mount -t tmpfs -o size=2g tmpfs "$root/dev/shm"
-mount -t tmpfs -o size=4g tmpfs "$root/tmp"
+mount_root "$root"
 rm -rf "$root/tq"
 mkdir -p "$root/tq/src" "$root/tq/sqlite"
 git ls-files -z | xargs -0 cp --parents -t "$root/tq/src"
