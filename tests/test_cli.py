@@ -12,9 +12,13 @@ import turbo_queue
 from conftest import batch_files
 
 
+# (under emulation, qemu-user, a command takes many times longer: the demo took over 120 s)
+TIMEOUT_S = 1200 if os.environ.get("TURBO_QUEUE_EMULATED") else 120
+
+
 def cli(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "turbo_queue", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
