@@ -18,7 +18,7 @@ import os
 import time
 import weakref
 from types import TracebackType
-from typing import Any, AsyncIterator, Iterable, Literal
+from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 from turbo_queue._core import Dequeue, Enqueue, FolderWatch
 from turbo_queue.errors import DecodeError, EncodeError
@@ -56,11 +56,8 @@ class _Wakeup:
         inherited, self._watch = self._watch, None
         self._pid, self._loop, self._waiters = os.getpid(), None, set()
         if inherited is not None:
-            try:
-                self._watch = FolderWatch(self._folder, inherited.departures)
-            except OSError as e:
-                logger.warning("turbo_queue: cannot watch the queue folder %s (%s); polling it "
-                               "instead", self._folder, e)
+            self._watch = _watch_or_poll(lambda: FolderWatch(self._folder, inherited.departures),
+                                         self._folder)
             inherited.close()  # (this process's copy of the descriptor only)
 
     async def wait(self, timeout: float) -> None:
@@ -137,15 +134,19 @@ def _wakeup_for(queue: Dequeue | Enqueue, departures: bool) -> _Wakeup:
     key = (os.fsencode(os.path.abspath(folder)), departures)
     wakeup = _wakeups.get(key)
     if wakeup is None:
-        try:
-            watch: FolderWatch | None = queue.folder_watch(departures)
-        except OSError as e:
-            logger.warning("turbo_queue: cannot watch the queue folder %s (%s); its async %s polls "
-                           "it instead (every %g s at most)", folder, e,
-                           "producers" if departures else "consumers", POLL_MAX_S)
-            watch = None
+        watch = _watch_or_poll(lambda: queue.folder_watch(departures), folder)
         wakeup = _wakeups[key] = _Wakeup(watch, folder)
     return wakeup
+
+
+def _watch_or_poll(make: Callable[[], FolderWatch], folder: str) -> FolderWatch | None:
+    """make(), or None (its waiters poll) where no watch can be made, saying so once."""
+    try:
+        return make()
+    except OSError as e:
+        logger.warning("turbo_queue: cannot watch the queue folder %s (%s); its async consumers and "
+                       "producers look at it every %g s at most instead", folder, e, POLL_MAX_S)
+        return None
 
 
 class AsyncDequeue:
