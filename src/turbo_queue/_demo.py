@@ -57,9 +57,6 @@ def _tq_consumer(root: str, work: float, counter: Any) -> None:
                 break
             continue
         done = _handled(work, counter, done)
-    with counter.get_lock():
-        if counter.value >= 0:
-            counter.value += done
     d.close()
 
 
