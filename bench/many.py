@@ -206,6 +206,8 @@ def runner(system, n, k, p, per_file, kind):
     user = after.ru_utime - before.ru_utime
     system_s = after.ru_stime - before.ru_stime
     print(json.dumps({"events_per_s": n / elapsed, "cpu_us": sum(cpu) / n * 1e6,
+                      "consumers_cpu_us": sum(cpu[:k]) / n * 1e6, "producers_cpu_us": sum(cpu[k:]) / n * 1e6,
+                      "busy_consumers": sum(1 for c in counts if c),
                       "sys_us": sum(sys_cpu) / n * 1e6, "cpu_all_us": (user + system_s) / n * 1e6}))
 
 
@@ -267,7 +269,9 @@ def main():
             runs[pt].append(res)
             print(f"round {r + 1} {system:11s} {kind:4s} P={p:<2d} K={k:<3d} per_file={per_file:<5d} "
                   f"{res['events_per_s']:>11,.0f} events/s {res['cpu_us']:6.2f} us CPU/event "
-                  f"({res['sys_us']:.2f} system; {res['cpu_all_us']:.2f} with process start)", flush=True)
+                  f"({res['sys_us']:.2f} system; {res['cpu_all_us']:.2f} with process start; producers "
+                  f"{res['producers_cpu_us']:.2f}, consumers {res['consumers_cpu_us']:.2f}, "
+                  f"{res['busy_consumers']} consumers got events)", flush=True)
     table = []
     for pt, rs in runs.items():
         system, kind, p, k, per_file = pt
