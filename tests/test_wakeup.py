@@ -14,14 +14,20 @@ import turbo_queue
 from conftest import run_script
 from legacy_programs import LEGACY_WRITER
 from wakeup import (
+    SLOW,
+    STARTED,
     STOP,
     asleep,
+    busy_report,
+    ctx,
     kill_leftovers,
     process_state,
     publish,
     publish_from_a_new_process,
     received,
     start_consumer,
+    start_spinners,
+    taking_consumer,
     wait_until,
     watch_lock_held,
 )
@@ -162,6 +168,92 @@ def test_a_consumer_killed_or_stopped_at_any_step_of_waiting_keeps_no_one_asleep
     got, twice = received(tmp_path)
     assert sorted(got) == sorted(expected) and not twice
     assert all(who != "victim" for who, _ in got.values())
+
+
+def test_each_listing_reports_in_the_doorbell_who_is_busy(tmp_path):
+    filling = turbo_queue.enqueue(root_path=str(tmp_path), queue_name="q", max_events_per_file=10)
+    filling.add("last")  # a batch being filled: its loading_ file exists
+    publish(tmp_path, ["a", "b"])
+    first = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0.01)
+    second = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0.01)
+    ms = time.monotonic_ns() // 1_000_000
+    assert first.get_batch() == ["a"]
+    at, holding, loading = busy_report(tmp_path)
+    assert (holding, loading) == (1, 1) and 0 <= (at - ms) % 2**32 < 10_000
+    assert second.get_batch() == ["b"]
+    assert busy_report(tmp_path)[1:] == (2, 1)
+    filling.close()  # published: no batch is filled now
+    assert first.get_batch() == ["last"]  # (its "a" is done and deleted first)
+    assert busy_report(tmp_path)[1:] == (2, 0)
+    # Found nothing, and waited as the watcher: counted busy too (it takes the next batch itself).
+    assert first.get_batch() == [] and busy_report(tmp_path)[1:] == (2, 0)
+    first.close()
+    second.close()
+
+
+def test_a_cpu_counts_as_free_only_where_one_is():
+    from turbo_queue._core import _cpu_free
+
+    free, allowed, online = _cpu_free(0, 0, False)
+    assert free and allowed == len(os.sched_getaffinity(0)) and online == os.cpu_count()
+    assert _cpu_free(allowed - 1, 0, False)[0] and _cpu_free(0, allowed - 1, True)[0]
+    start_spinners()  # (every CPU of the machine runs one: none is idle)
+    assert not _cpu_free(allowed, 0, False)[0]
+    assert not _cpu_free(1, allowed - 1, True)[0]
+    assert _cpu_free(allowed - 1, 0, False)[0]  # fewer busy than CPUs: one is free whatever runs
+
+
+@pytest.mark.parametrize("signum", [signal.SIGSTOP, signal.SIGKILL], ids=["SIGSTOP", "SIGKILL"])
+def test_batches_left_to_a_busy_consumer_are_taken_when_it_stops(tmp_path, signum):
+    # No CPU is free (the spinners, and the consumers on one CPU), and the watcher works through a
+    # backlog of slow batches, listing the folder after each: the other consumer, not rung, leaves
+    # the batches it finds to it. Then the watcher stops or dies: its report ages, and the other
+    # takes the rest within its wait_timeout.
+    wait = 0.5
+    watcher = start_consumer(tmp_path, "watcher", wait, cpus={0})
+    wait_until(lambda: watch_lock_held(tmp_path) and asleep(watcher.pid), PROMPT_S, "the watcher")
+    other = start_consumer(tmp_path, "other", wait, cpus={0})
+    wait_until(lambda: asleep(other.pid), PROMPT_S, "the other consumer to sleep")
+    start_spinners()
+    backlog = [f"{SLOW}{i}" for i in range(150)]
+    publish(tmp_path, backlog)
+    wait_until(lambda: len(received(tmp_path)[0]) >= 50, PROMPT_S * 2, "a third of the backlog")
+    os.kill(watcher.pid, signum)
+    publish(tmp_path, ["after"])
+    wait_until(lambda: "after" in received(tmp_path)[0], PROMPT_S, "the batch after the stop")
+    if signum == signal.SIGKILL:  # (and the dead one's batch, at the next recovery pass)
+        wait_until(lambda: set(backlog) <= set(received(tmp_path)[0]), PROMPT_S, "the batch of the dead one")
+    stop_all(tmp_path, [other])
+    got, twice = received(tmp_path)
+    # A stopped watcher keeps the batch it holds; a dead one's comes back by recovery (its event is
+    # delivered again if it was recorded before the kill).
+    assert len(set(backlog) - set(got)) <= (1 if signum == signal.SIGSTOP else 0)
+    assert len(twice) <= (1 if signum == signal.SIGKILL else 0)
+    assert got["after"][0] == "other"
+    left = json.loads((tmp_path / "counters-other.json").read_text())["left_to_busy"]
+    assert left > 0, "the other consumer never left a batch to the watcher: nothing was tested"
+
+
+def test_a_consumer_that_leaves_batches_to_a_busy_one_takes_one_at_the_end_of_its_wait(tmp_path):
+    # As above, no CPU is free and the watcher works through slow batches; the other consumer's
+    # get_batch() leaves what it finds at first, but returns empty only if nothing is ready at the
+    # end of its wait: each of its calls here ends with a batch.
+    watcher = start_consumer(tmp_path, "watcher", 0.5, cpus={0})
+    wait_until(lambda: watch_lock_held(tmp_path) and asleep(watcher.pid), PROMPT_S, "the watcher")
+    taker = ctx.Process(target=taking_consumer, args=(tmp_path, {0}, 4, 0.3), daemon=True)
+    taker.start()
+    STARTED.append(taker)
+    wait_until(lambda: (tmp_path / "up-taker").exists(), PROMPT_S, "the taker to wait once")
+    start_spinners()
+    publish(tmp_path, [f"{SLOW}{i}" for i in range(200)])  # (4 s of work for the watcher)
+    wait_until(lambda: len(received(tmp_path)[0]) >= 5, PROMPT_S, "the watcher to be busy")
+    (tmp_path / "go-taker").touch()
+    taker.join(PROMPT_S * 2)
+    assert taker.exitcode == 0
+    lengths, counters = json.loads((tmp_path / "taker.json").read_text())
+    assert lengths == [1, 1, 1, 1]
+    assert counters["left_to_busy"] > 0, "the taker never left a batch to the watcher: nothing was tested"
+    os.kill(watcher.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("name", [".doorbell", ".watch.lock"])

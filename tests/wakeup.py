@@ -5,6 +5,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,10 +17,15 @@ ctx = mp.get_context("fork")
 STOP = "STOP"  # the event that stops one recording consumer
 
 
-def recording_consumer(root, who, wait_timeout, crash=None):
+SLOW = "slow"  # events that begin so take a recording consumer 20 ms each (asleep)
+
+
+def recording_consumer(root, who, wait_timeout, crash=None, cpus=None):
     """Consume queue q of `root`, appending `<event> <time received>` lines to got-<who>.txt, until
     the event STOP; then write counters() to counters-<who>.json. `crash`: (point, stop) of a crash
-    point to set first."""
+    point to set first; `cpus`: the CPUs to run on (os.sched_setaffinity)."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     if crash is not None:
         turbo_queue._core.set_crash_point(crash[0], 1, stop=crash[1])
     d = turbo_queue.dequeue(root_path=str(root), queue_name="q", wait_timeout=wait_timeout)
@@ -32,6 +38,8 @@ def recording_consumer(root, who, wait_timeout, crash=None):
                 continue
             if ev == STOP:
                 break
+            if ev.startswith(SLOW):
+                time.sleep(0.02)
             out.write(f"{ev} {time.time()}\n")
     counters = d.counters()
     d.close()
@@ -42,8 +50,8 @@ def recording_consumer(root, who, wait_timeout, crash=None):
 STARTED = []  # every consumer started, for kill_leftovers()
 
 
-def start_consumer(root, who, wait_timeout, crash=None):
-    p = ctx.Process(target=recording_consumer, args=(root, who, wait_timeout, crash), daemon=True)
+def start_consumer(root, who, wait_timeout, crash=None, cpus=None):
+    p = ctx.Process(target=recording_consumer, args=(root, who, wait_timeout, crash, cpus), daemon=True)
     p.start()
     STARTED.append(p)
     wait_until(lambda: os.path.exists(os.path.join(root, f"up-{who}")), 20, f"consumer {who} to start")
@@ -57,6 +65,53 @@ def kill_leftovers():
         if p.is_alive():
             os.kill(p.pid, signal.SIGKILL)
             p.join()
+
+
+def taking_consumer(root, cpus, calls, wait_timeout):
+    """On `cpus`, wait once on an empty queue q (up-taker), then call get_batch() `calls` times
+    and write [the lengths it returned, its counters()] to taker.json."""
+    os.sched_setaffinity(0, cpus)
+    d = turbo_queue.dequeue(root_path=str(root), queue_name="q", wait_timeout=wait_timeout)
+    assert d.get_batch() == []
+    open(os.path.join(root, "up-taker"), "w").close()
+    while not os.path.exists(os.path.join(root, "go-taker")):
+        time.sleep(0.005)
+    lengths = [len(d.get_batch()) for _ in range(calls)]
+    with open(os.path.join(root, "taker.json"), "w") as f:
+        json.dump([lengths, d.counters()], f)
+    d.close()
+
+
+def spin():
+    while True:
+        pass
+
+
+def start_spinners():
+    """One process per CPU of the machine that only runs: no CPU is idle while they live (the
+    runnable count of /proc/loadavg is at least the CPUs). Stop them with kill_leftovers()."""
+    procs = []
+    for _ in range(os.cpu_count() or 1):
+        p = ctx.Process(target=spin, daemon=True)
+        p.start()
+        STARTED.append(p)
+        procs.append(p)
+    wait_until(lambda: runnable_now() > len(procs), 20, "the spinners to run")
+    return procs
+
+
+def runnable_now():
+    """Processes runnable on the machine now (the fourth field of /proc/loadavg, this one among them)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def busy_report(root):
+    """What the last listing of queue q's folder reported in its doorbell (see _tq_os.h):
+    (milliseconds of CLOCK_MONOTONIC, consumers holding a batch, producers filling one)."""
+    with open(os.path.join(root, "q", ".doorbell"), "rb") as f:
+        f.seek(32)
+        return struct.unpack("=IHH", f.read(8))
 
 
 def received(root):

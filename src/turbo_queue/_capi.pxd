@@ -2,7 +2,7 @@
 # cython: language_level=3
 # Everything here is callable without the GIL.
 
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from posix.stat cimport struct_stat
 
 
@@ -55,6 +55,8 @@ cdef extern from "_tq_os.h" nogil:
     ctypedef struct tq_names:
         char **names
         size_t count
+        long holding
+        long loading
 
     void tq_names_free(tq_names *n)
     int tq_scan(const char *dir, const char *prefix, const char *suffix, int sort, tq_names *out)
@@ -75,15 +77,27 @@ cdef extern from "_tq_os.h" nogil:
     int tq_watch_open(const char *dir)
     int tq_watch_open_for(const char *dir, int departures)
     int tq_watch_wait(int fd, double timeout, const char *prefix)
-    int TQ_BELL_SIZE, TQ_BELL_TIMED_OUT, TQ_BELL_RUNG
+    int TQ_BELL_SIZE, TQ_BELL_TIMED_OUT, TQ_BELL_RUNG, TQ_BELL_MOVED
     uint64_t tq_now_ns()
     int tq_bell_lease(int fd, uint64_t until_ns)
-    int tq_bell_watched(int fd)
     int tq_bell_quiet(int fd, uint32_t seen)
     uint32_t *tq_bell_map(int fd)
     void tq_bell_unmap(uint32_t *word)
     int tq_bell_ring(uint32_t *word)
     int tq_bell_read(int fd, uint32_t *value)
+    ctypedef struct tq_busy:
+        uint32_t at_ms
+        uint16_t holding
+        uint16_t loading
+    ctypedef struct tq_bell_view:
+        uint32_t word
+        uint64_t lease_until_ns
+        tq_busy busy
+    int tq_bell_view_read(int fd, tq_bell_view *v)
+    uint32_t tq_now_ms()
+    int tq_bell_report_busy(int fd, uint32_t at_ms, long holding, long loading)
+    long tq_running_now(int fd)
+    int tq_bell_tally(uint32_t *word)
     int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout, uint32_t tier)
     uint32_t TQ_BELL_WARM, TQ_BELL_COLD
     int tq_has_digit_run(const char *p, size_t n, size_t limit)

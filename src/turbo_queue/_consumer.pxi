@@ -124,7 +124,8 @@ cdef class Dequeue(_QueueBase):
     # What counters() reports besides the event and batch counts (none is on the per-event path).
     cdef double _waited_s
     cdef long long _reclaimed, _quarantined, _set_aside, _dead_lettered, _reclaim_passes
-    cdef long long _waits, _empty_scans
+    cdef long long _waits, _empty_scans, _left_to_busy
+    cdef long _seen_holding, _seen_loading  # what the last listing saw busy (see cpu_free)
 
     def __cinit__(self, *args, **kwargs):
         self._owner = _Owner()
@@ -477,7 +478,8 @@ cdef class Dequeue(_QueueBase):
                 if not self._auto_cleanup:
                     return BATCH_EXHAUSTED
                 self._finish_batch()
-            if self._claim():
+            # (the look at the end of the wait claims what is ready: `empty` means none was)
+            if self._claim(timeout <= 0 or (deadline >= 0 and tq_now() >= deadline)):
                 continue
             # Nothing ready: sleep until a file lands in the folder (any file: look again, and
             # sleep on for what is left of the timeout if it was not a ready batch).
@@ -513,8 +515,10 @@ cdef class Dequeue(_QueueBase):
                             + f" (SQLite code {rc}) after {self._total_gets} events")
         return 0
 
-    cdef bint _claim(self) except -1:
-        """Claim the oldest ready batch: lock its file, then rename it. True if one was claimed."""
+    cdef bint _claim(self, bint last_look=True) except -1:
+        """Claim the oldest ready batch: lock its file, then rename it. True if one was claimed.
+        Before the `last_look` of a wait it may leave the ready batches to consumers busy with
+        theirs (see leaves_to_busy), and wait on: the last look claims what is ready."""
         cdef bytes folder = self._folder()
         cdef bytes name, rest, chosen
         cdef int err = 0, fd
@@ -524,12 +528,18 @@ cdef class Dequeue(_QueueBase):
         cdef list held = []
         cdef struct_stat st
         cdef bint owned = False
+        cdef long holding = self._seen_holding, loading = self._seen_loading
         if self._owner.fd < 0 or self._owner.folder != folder:
             self._owner.acquire(folder, self._file_mode, self._exact_mode)
             owned = True
         if not self._waiter.attached_to(folder):
             self._waiter.attach(folder, self._file_mode, self._exact_mode)
         self._maybe_reclaim(folder)
+        if (not last_look and self._next_candidate < len(self._candidates)
+                and self._waiter.leaves_kept_list()):
+            self._left_to_busy += 1  # (the names of an earlier listing: its next claim lists again)
+            self._candidates, self._next_candidate = [], 0
+            return False
         while True:
             if self._next_candidate >= len(self._candidates):
                 if not rescanned:
@@ -537,8 +547,18 @@ cdef class Dequeue(_QueueBase):
                         self._empty_scans += 1
                         return False
                     self._waiter.before_look()  # (before the scan: a ring after it is not missed)
-                    self._candidates = scan_ready(folder)
+                    if not last_look and self._waiter.leaves_unlisted():
+                        self._left_to_busy += 1
+                        self._empty_scans += 1
+                        return False
+                    self._candidates = scan_ready(folder, &holding, &loading)
+                    self._seen_holding, self._seen_loading = holding, loading
                     rescanned = True
+                    if not last_look and self._candidates and self._waiter.leaves_to_busy(holding, loading):
+                        self._left_to_busy += 1  # (no report: a consumer that leaves keeps none fresh)
+                        self._empty_scans += 1
+                        self._candidates = []
+                        return False
                 elif held and held_retries < MAX_HELD_RETRIES:
                     # A ready_ batch is locked only for a moment: by its producer between the rename
                     # that publishes it and the close that follows, or by whoever gives it back.
@@ -549,6 +569,8 @@ cdef class Dequeue(_QueueBase):
                 else:
                     self._waiter.saw_held = bool(held)  # (its unlocking lands no name: look again soon)
                     self._empty_scans += 1
+                    if rescanned:
+                        self._waiter.after_listing(holding, loading, False)
                     return False
                 self._next_candidate = 0
                 continue
@@ -577,11 +599,13 @@ cdef class Dequeue(_QueueBase):
             self._batch_folder = folder
             _ensure_exit_hook()
             self._waiter.claimed_at = tq_now()
+            self._waiter.after_listing(holding, loading, True)  # (what the listing it came from saw)
             _crash_point("claim")
             if self._open_batch(chosen, rest):
                 self._total_batch += 1
                 if self._next_candidate < len(self._candidates):
-                    self._waiter.ring(folder, False)  # more are ready: wake another consumer for them
+                    # More are ready: wake another consumer for them, where a CPU can run it.
+                    self._waiter.ring(folder, False, holding + 1, loading)
                 if b"+a" not in rest or not self._judge_attempts():
                     return True
                 # Its poison events were set aside and the rest put back as a new batch: look again.
@@ -898,7 +922,8 @@ cdef class Dequeue(_QueueBase):
                 "wait_seconds": self._waited_s, "reclaimed": self._reclaimed,
                 "quarantined": self._quarantined, "set_aside": self._set_aside,
                 "dead_lettered": self._dead_lettered, "reclaim_passes": self._reclaim_passes,
-                "waits": self._waits, "empty_scans": self._empty_scans}
+                "waits": self._waits, "empty_scans": self._empty_scans,
+                "left_to_busy": self._left_to_busy}
 
     def total_batch(self):
         """Batches claimed so far."""

@@ -18,6 +18,7 @@ def process_counters():
 
 
 def _after_fork_in_child():
+    forget_cpus()
     for obj in list(_live):
         if isinstance(obj, Enqueue):
             (<Enqueue>obj).after_fork_in_child()

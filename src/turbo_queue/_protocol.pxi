@@ -497,8 +497,9 @@ def requeue_dead_letter(folder, name, Py_ssize_t events):
 
 # -- Looking at the folder -----------------------------------------------------------------------------
 
-cdef list scan_ready(bytes folder):
-    """The ready_ batch names of `folder`, oldest first (listed and sorted in C, without the GIL)."""
+cdef list scan_ready(bytes folder, long *holding=NULL, long *loading=NULL):
+    """The ready_ batch names of `folder`, oldest first (listed and sorted in C, without the GIL);
+    with, where asked, how many chosen_ and loading_ names the listing saw."""
     cdef tq_names found
     cdef int rc, err
     cdef size_t i
@@ -508,6 +509,8 @@ cdef list scan_ready(bytes folder):
         err = errno
     if rc != 0:
         raise os_error(err, "list the queue folder", folder)
+    if holding != NULL:
+        holding[0], loading[0] = found.holding, found.loading
     try:
         return [found.names[i] for i in range(found.count)]
     finally:

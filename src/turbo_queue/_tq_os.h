@@ -41,11 +41,14 @@
 #define O_NOFOLLOW 0
 #endif
 
-/* File names of one folder scan, each malloc'd, sorted on request. */
+/* File names of one folder scan, each malloc'd, sorted on request; with how many names of the scan
+ * say a process is busy with a batch: a consumer's (chosen_) and a producer's (loading_). */
 typedef struct {
     char **names;
     size_t count;
     size_t cap;
+    long holding;
+    long loading;
 } tq_names;
 
 static void tq_names_free(tq_names *n) {
@@ -79,12 +82,17 @@ static int tq_scan(const char *dir, const char *prefix, const char *suffix, int 
     int saved;
     out->names = NULL;
     out->count = out->cap = 0;
+    out->holding = out->loading = 0;
     d = opendir(dir);
     if (!d) return -1;
     errno = 0;
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
-        if (!tq_has_affixes(e->d_name, prefix, plen, suffix, slen)) continue;
+        if (!tq_has_affixes(e->d_name, prefix, plen, suffix, slen)) {
+            out->holding += strncmp(e->d_name, "chosen_", 7) == 0;
+            out->loading += strncmp(e->d_name, "loading_", 8) == 0;
+            continue;
+        }
         if (out->count == out->cap) {
             size_t cap = out->cap ? out->cap * 2 : 64;
             char **grown = (char **)realloc(out->names, cap * sizeof(char *));
@@ -360,7 +368,9 @@ static int tq_watch_wait(int fd, double timeout, const char *prefix) {
 #define TQ_BELL_SIZE 4096
 #define TQ_BELL_LEASE_AT 8
 
-enum { TQ_BELL_TIMED_OUT = 0, TQ_BELL_RUNG = 1 };
+/* How a sleep on the word ended: timed out, woken by a ring (or a signal), or not begun because the
+ * word had moved since it was read (a ring, or a tally that wakes no one). */
+enum { TQ_BELL_TIMED_OUT = 0, TQ_BELL_RUNG = 1, TQ_BELL_MOVED = 2 };
 
 static uint64_t tq_now_ns(void) {
     struct timespec ts;
@@ -413,14 +423,78 @@ static int tq_bell_quiet(int fd, uint32_t seen) {
     return word == seen && until > tq_now_ns();
 }
 
-/* Whether a watcher sleeps on the folder now (its lease is not over). */
-static int tq_bell_watched(int fd) {
-    uint64_t until = 0;
+/* At offset 32, what the consumer that listed the folder last saw (tq_busy): written after a
+ * listing that claimed a batch or found none, read by whoever puts a batch in ready_ (to wake
+ * another consumer only where a CPU can run it) and by consumers that wake by their timeout (to
+ * leave batches to a pool that is moving). */
+#define TQ_BELL_BUSY_AT 32
+
+/* Processes of a queue busy with a batch, as one listing of its folder saw them, and when. */
+typedef struct {
+    uint32_t at_ms;    /* CLOCK_MONOTONIC, milliseconds (it wraps; only differences are used) */
+    uint16_t holding;  /* consumers holding a batch (chosen_ names) */
+    uint16_t loading;  /* producers filling a batch (loading_ names) */
+} tq_busy;
+
+/* The doorbell's words read in one pread: the ring count, the lease, the busy report. */
+typedef struct {
+    uint32_t word;
+    uint64_t lease_until_ns;
+    tq_busy busy;
+} tq_bell_view;
+
+static int tq_bell_view_read(int fd, tq_bell_view *v) {
+    unsigned char page[TQ_BELL_BUSY_AT + sizeof(tq_busy)];
     ssize_t got;
     do {
-        got = pread(fd, &until, sizeof until, TQ_BELL_LEASE_AT);
+        got = pread(fd, page, sizeof page, 0);
     } while (got < 0 && errno == EINTR);
-    return got == (ssize_t)sizeof until && until > tq_now_ns();
+    if (got != (ssize_t)sizeof page) {
+        if (got >= 0) errno = EFAULT;  /* shorter than the words: truncated */
+        return -1;
+    }
+    memcpy(&v->word, page, sizeof v->word);
+    memcpy(&v->lease_until_ns, page + TQ_BELL_LEASE_AT, sizeof v->lease_until_ns);
+    memcpy(&v->busy, page + TQ_BELL_BUSY_AT, sizeof v->busy);
+    return 0;
+}
+
+static uint32_t tq_now_ms(void) {
+    return (uint32_t)(tq_now_ns() / 1000000u);
+}
+
+/* Say what a listing of the folder saw at `at_ms` (one 8-byte pwrite): 0, or -1 with errno. */
+static int tq_bell_report_busy(int fd, uint32_t at_ms, long holding, long loading) {
+    tq_busy b;
+    ssize_t put;
+    b.at_ms = at_ms;
+    b.holding = (uint16_t)(holding > 65535 ? 65535 : holding);
+    b.loading = (uint16_t)(loading > 65535 ? 65535 : loading);
+    do {
+        put = pwrite(fd, &b, sizeof b, TQ_BELL_BUSY_AT);
+    } while (put < 0 && errno == EINTR);
+    return put == (ssize_t)sizeof b ? 0 : -1;
+}
+
+/* Processes runnable on the whole machine right now (the fourth field of /proc/loadavg, "R/T"),
+ * read through `fd` open on it; -1 where it cannot be read. */
+static long tq_running_now(int fd) {
+    char buf[128];
+    ssize_t got;
+    char *p, *end;
+    long r;
+    int fields = 0;
+    if (fd < 0) return -1;
+    do {
+        got = pread(fd, buf, sizeof buf - 1, 0);
+    } while (got < 0 && errno == EINTR);
+    if (got <= 0) return -1;
+    buf[got] = 0;
+    for (p = buf; *p && fields < 3; p++)
+        if (*p == ' ') fields++;
+    if (fields < 3) return -1;
+    r = strtol(p, &end, 10);
+    return end != p && *end == '/' && r >= 0 ? r : -1;
 }
 
 /* Sleepers say which of two tiers they sleep in: consumers that claimed a batch a moment ago (their
@@ -429,17 +503,33 @@ static int tq_bell_watched(int fd) {
 #define TQ_BELL_COLD 2u
 #define TQ_BELL_IDLE_AT 16  /* a word no one sleeps on: FUTEX_WAKE_OP's first target */
 
-/* Add 1 to the word (atomically, in the kernel) and wake one sleeper, a warm one if any sleeps:
- * 0, or -1 with errno (EFAULT: the file was truncated). */
-static int tq_bell_ring(uint32_t *word) {
+/* Add 1 to the word at `at` (atomically, in the kernel), waking no one: FUTEX_WAKE_OP's first target
+ * has no sleepers, and its second wake is conditioned on the old value being -1 (once in 2^32
+ * adds, when one extra wake is harmless). 0, or -1 with errno (EFAULT: the file was truncated). */
+static int tq_bell_add(uint32_t *word, size_t at) {
 #if TQ_HAVE_FUTEX
     uint32_t *idle = (uint32_t *)((char *)word + TQ_BELL_IDLE_AT);
+    uint32_t *target = (uint32_t *)((char *)word + at);
+    return syscall(SYS_futex, idle, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, target,
+                   FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1)) < 0 ? -1 : 0;
+#else
+    (void)word; (void)at;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* A batch came that no one is woken for: add 1 to the word only (consumers that wake by their
+ * timeout see that it moved, and look at the folder). */
+static int tq_bell_tally(uint32_t *word) {
+    return tq_bell_add(word, 0);
+}
+
+/* Add 1 to the word and wake one sleeper, a warm one if any sleeps: 0, or -1 with errno. */
+static int tq_bell_ring(uint32_t *word) {
+#if TQ_HAVE_FUTEX
     long rc;
-    /* The add, waking no one: the first target has no sleepers, and the second wake is
-     * conditioned on the old value being -1 (once in 2^32 rings, when one extra wake is harmless). */
-    rc = syscall(SYS_futex, idle, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, word,
-                 FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1));
-    if (rc < 0) return -1;
+    if (tq_bell_tally(word) != 0) return -1;
     rc = syscall(SYS_futex, word, FUTEX_WAKE_BITSET, 1, NULL, NULL, TQ_BELL_WARM);
     if (rc == 0)
         rc = syscall(SYS_futex, word, FUTEX_WAKE_BITSET, 1, NULL, NULL, TQ_BELL_COLD);
@@ -463,7 +553,8 @@ static int tq_bell_read(int fd, uint32_t *value) {
 }
 
 /* Sleep in `tier` while the word holds `seen`, at most `timeout` seconds: TQ_BELL_RUNG when it was
- * rung (or had changed already, or a signal came), TQ_BELL_TIMED_OUT, or -1 with errno. */
+ * rung (or a signal came), TQ_BELL_MOVED when it had changed already, TQ_BELL_TIMED_OUT, or -1
+ * with errno. */
 static int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout, uint32_t tier) {
 #if TQ_HAVE_FUTEX
     struct timespec ts;
@@ -475,8 +566,8 @@ static int tq_bell_wait(uint32_t *word, uint32_t seen, double timeout, uint32_t 
     ts.tv_nsec = (long)(until % 1000000000u);
     /* (FUTEX_WAIT_BITSET's timeout is absolute, on CLOCK_MONOTONIC) */
     rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, seen, &ts, NULL, tier);
-    if (rc == 0) return TQ_BELL_RUNG;
-    if (errno == EAGAIN || errno == EINTR) return TQ_BELL_RUNG;
+    if (rc == 0 || errno == EINTR) return TQ_BELL_RUNG;
+    if (errno == EAGAIN) return TQ_BELL_MOVED;
     if (errno == ETIMEDOUT) return TQ_BELL_TIMED_OUT;
     return -1;
 #else

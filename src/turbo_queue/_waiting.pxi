@@ -27,6 +27,14 @@ cdef class _Waiter:
     cdef bint quiet           # the last sleep on the doorbell timed out with nothing to look at
     cdef bint saw_held        # the last look found a batch locked for longer than a moment
     cdef double claimed_at    # when this consumer last claimed a batch (it sleeps warm for a while)
+    cdef uint64_t watched_until  # the watcher's lease at the last look
+    cdef tq_busy report          # the busy report at the last look
+    cdef bint rung            # the last wait ended by a ring: a ringer found a CPU free for it
+    cdef bint sleeps_on_bell  # this consumer waits on the doorbell (an asyncio one waits on its own)
+    cdef bint left            # its last look left ready batches to others: its wait's end looks again
+    cdef long reported_holding, reported_loading  # the last busy report this consumer wrote
+    cdef uint32_t reported_ms
+    cdef bint reported
     cdef int mode             # the consumer's file mode, for the files it makes
     cdef bint exact
 
@@ -79,23 +87,99 @@ cdef class _Waiter:
 
     cdef int before_look(self) except -1:
         """Read the doorbell's word before looking at the folder, so that a ring after the look
-        wakes the sleep that follows it."""
+        wakes the sleep that follows it; with the watcher's lease and the busy report."""
         cdef int rc, fd
+        cdef tq_bell_view view
         self.quiet = False
         self.saw_held = False
+        self.left = False
         if self.wake_by != WAKE_BELL:
             return 0
         fd = self.bell.fd
         with nogil:
-            rc = tq_bell_read(fd, &self.seen)
+            rc = tq_bell_view_read(fd, &view)
         if rc != 0:  # truncated under us: open what the name is now, or watch the folder
             forget_bell(self.bell)
             self.attach(self.folder, self.mode, self.exact)
+            return 0
+        self.seen = view.word
+        self.watched_until = view.lease_until_ns
+        self.report = view.busy
         return 0
 
-    cdef int ring(self, bytes folder, bint unless_watched) except -1:
+    cdef bint leaves_kept_list(self) except -1:
+        """Before a claim from the names an earlier listing found: whether this consumer leaves them
+        (see leaves_to_busy), judged by the report in the doorbell now."""
+        cdef int rc, fd
+        cdef tq_bell_view view
+        if self.wake_by != WAKE_BELL or not self.sleeps_on_bell or self.rung or self.watcher:
+            return False
+        fd = self.bell.fd
+        with nogil:
+            rc = tq_bell_view_read(fd, &view)
+        if rc != 0:
+            return False  # (the next look finds what happened to the doorbell)
+        self.watched_until, self.report = view.lease_until_ns, view.busy
+        if not self._leaves(view.busy.holding, view.busy.loading):
+            return False
+        self.seen = view.word  # (it sleeps from here)
+        self.quiet, self.left = False, True
+        return True
+
+    cdef bint leaves_unlisted(self) except -1:
+        """Before a look: whether this consumer leaves whatever is ready to others without listing
+        the folder (see leaves_to_busy), judged by the report the look found."""
+        self.left = self._leaves(self.report.holding, self.report.loading)
+        return self.left
+
+    cdef bint leaves_to_busy(self, long holding, long loading) except -1:
+        """After a look that found batches: whether this consumer (not the watcher, and not rung for
+        them) leaves them to others, because another consumer listed the folder a moment ago (the
+        pool is moving: it takes them in their turn) and either the watcher sleeps on the folder
+        (it wakes for them) or no CPU is free for this consumer (the busy ones take them when they
+        finish theirs). Where the others stop, their reports age, and the next look claims."""
+        cdef int rc, fd
+        if not self._leaves(holding, loading):
+            return False
+        fd = self.bell.fd
+        with nogil:
+            rc = tq_bell_read(fd, &self.seen)  # (sleep from here: what was tallied is seen)
+        self.left = True
+        return True
+
+    cdef bint _leaves(self, long holding, long loading) except -1:
+        if (self.wake_by != WAKE_BELL or not self.sleeps_on_bell or self.rung or self.watcher
+                or <uint32_t>(tq_now_ms() - self.report.at_ms) >= BUSY_FRESH_MS
+                or (self.reported and self.report.at_ms == self.reported_ms)):  # (its own report)
+            return False
+        return self.watched_until > tq_now_ns() or not cpu_free(holding, loading, True)
+
+    cdef int after_listing(self, long holding, long loading, bint claimed) except -1:
+        """After a claim, or a look that found nothing: report what the listing saw, this
+        consumer among the holders when it claimed. A report that would say what the last one
+        said is written once a BUSY_FRESH_MS / 5 at most."""
+        cdef int fd
+        cdef uint32_t now
+        if claimed:
+            holding += 1
+            self.rung = False
+        elif self.watcher:
+            holding += 1  # (about to sleep on the folder: it takes the next batch, so none is rung for it)
+        if self.wake_by != WAKE_BELL:
+            return 0
+        fd = self.bell.fd
+        now = tq_now_ms()
+        if (not self.reported or holding != self.reported_holding or loading != self.reported_loading
+                or <uint32_t>(now - self.reported_ms) >= BUSY_FRESH_MS // 5):
+            self.reported_holding, self.reported_loading = holding, loading
+            self.reported_ms, self.reported = now, True
+            with nogil:
+                tq_bell_report_busy(fd, now, holding, loading)
+        return 0
+
+    cdef int ring(self, bytes folder, bint unless_watched, long holding=-1, long loading=0) except -1:
         """Ring `folder`'s doorbell with the one this consumer holds (see ring_bell)."""
-        ring_bell(folder, self.bell if folder == self.folder else None, unless_watched)
+        ring_bell(folder, self.bell if folder == self.folder else None, unless_watched, holding, loading)
         return 0
 
     cdef int _stop_watching(self) except -1:
@@ -153,6 +237,7 @@ cdef class _Waiter:
     cdef Waited _wait_on_bell(self, double timeout) except *:
         """Wait as the folder's watcher (taking the role when it is free) or on its doorbell."""
         cdef int fd, rc
+        self.sleeps_on_bell = True
         if not self.watcher and not self.quiet:  # (quiet: a watcher sleeps on the folder now)
             rc = try_watch(self.watch_lock_fd)
             self.watcher_seen = rc == WATCH_TAKEN
@@ -209,7 +294,11 @@ cdef class _Waiter:
             if rc == TQ_BELL_TIMED_OUT and step > warm:
                 rc = tq_bell_wait(word, seen, step - max(warm, 0), TQ_BELL_COLD)
         if rc == TQ_BELL_RUNG:
+            self.rung = True
             _crash_point("woken")
+            return WAITED_LOOK
+        self.rung = False
+        if rc == TQ_BELL_MOVED:  # (a ring, or a batch no one was woken for: look, as at a timeout)
             return WAITED_LOOK
         if rc != TQ_BELL_TIMED_OUT or not self.bell.still_named():
             # Truncated, removed or replaced: open what the name refers to now at the next claim.
@@ -219,5 +308,5 @@ cdef class _Waiter:
         # Not rung: no batch came that a ringer did not leave to a sleeping watcher, and one whose
         # producer rings nothing was seen by the watcher. Look again only if there was no watcher
         # to see it, or after a sleep cut short at BELL_SLEEP_S (a watcher stopped mid-lease).
-        self.quiet = self.watcher_seen and step >= timeout
+        self.quiet = self.watcher_seen and step >= timeout and not self.left
         return WAITED_QUIET if self.quiet else WAITED_LOOK

@@ -11,6 +11,17 @@
 # ringing to the others within that; and no consumer sleeps on the doorbell longer than
 # BELL_SLEEP_S without looking at the folder.
 #
+# A batch is worth waking a consumer for only where a CPU can run it. Each consumer that lists the
+# folder writes what it saw into the doorbell: how many consumers hold a batch (chosen_) and how
+# many producers fill one (loading_). A ringer wakes no one (it only moves the word) while those
+# are as many as the CPUs this process may use and no CPU of the machine is idle (/proc/loadavg's
+# runnable count): the consumers already busy take the batch when they finish theirs, and an extra
+# one would only share their CPUs. For the same reason a consumer that was not rung leaves the
+# batches it finds to the others while another consumer's report is fresh (the pool is moving and
+# takes them in their turn) and no CPU is free for it, or the watcher sleeps on the folder (it
+# wakes for them). A report older than BUSY_FRESH_MS is not used: where the consumers stopped or
+# are slow, or none listed the folder lately, every batch rings and every look claims.
+#
 # Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, FIFO or
 # another user's file planted there, a read-only folder, no futexes on this platform) a consumer
 # watches the folder itself, as every consumer once did. A doorbell truncated, removed or replaced
@@ -22,11 +33,68 @@ cdef double BELL_RECHECK_S = 1.0  # how often a ringer checks that the name stil
 cdef double WATCH_LEASE_S = 0.5   # the longest lease the watcher takes at a time (it renews them)
 cdef double BELL_SLEEP_S = 2.0    # the longest sleep on the doorbell before looking at the folder
 cdef double WARM_S = 0.02         # how long after a batch a consumer sleeps among the warm ones
+cdef uint32_t BUSY_FRESH_MS = 50  # how long a listing's report of the busy processes is used
 
 # try_watch()'s answers besides 0 (this consumer is the watcher now).
 cdef enum:
     WATCH_TAKEN = -1     # another consumer is the watcher
     WATCH_UNUSABLE = -2  # the lock file cannot be used: watch the folder yourself
+
+
+cdef int _cpus_allowed = 0   # CPUs this process may run on (0: not read yet in this process)
+cdef int _cpus_online = 0    # CPUs of the machine
+cdef int _loadavg_fd = -1    # /proc/loadavg, open (-2: cannot be read here)
+
+
+cdef int _read_cpus() except -1:
+    global _cpus_allowed, _cpus_online, _loadavg_fd
+    try:
+        _cpus_allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        _cpus_allowed = os.cpu_count() or 1
+    _cpus_online = max(os.cpu_count() or 1, _cpus_allowed)
+    try:
+        _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        _loadavg_fd = -2
+    return 0
+
+
+cdef void forget_cpus() noexcept:
+    """In a forked child: read its CPUs again, through its own /proc/loadavg (a shared one would
+    serialize the processes' reads)."""
+    global _cpus_allowed, _loadavg_fd
+    if _loadavg_fd >= 0:
+        close(_loadavg_fd)
+    _loadavg_fd = -1
+    _cpus_allowed = 0
+
+
+cdef bint cpu_free(long holding, long loading, bint for_self) except -1:
+    """Whether one more busy process of the queue would get a CPU of its own: fewer of them are
+    busy (`holding` consumers, `loading` producers, the caller among them when it is busy) than this
+    process may use CPUs, or the machine has one idle now. `for_self`: the caller itself would be
+    the one more (it runs now, so a CPU is free where the runnable ones are no more than the CPUs).
+    True where the machine cannot say."""
+    cdef long running
+    cdef int fd
+    if _cpus_allowed == 0:
+        _read_cpus()
+    if holding + loading < _cpus_allowed:
+        return True
+    fd = _loadavg_fd
+    with nogil:
+        running = tq_running_now(fd)
+    if running < 0:
+        return True
+    return running <= _cpus_online if for_self else running < _cpus_online
+
+
+def _cpu_free(long holding, long loading, bint for_self):
+    """cpu_free() for the tests, with this process's view of its CPUs: (answer, CPUs allowed,
+    CPUs online)."""
+    answer = cpu_free(holding, loading, for_self)
+    return answer, _cpus_allowed, _cpus_online
 
 
 cdef class _Bell:
@@ -146,12 +214,16 @@ cdef int forget_bell(_Bell bell) except -1:
     return 0
 
 
-cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True):
+cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True, long holding=-1,
+                     long loading=0):
     """A batch was put in ready_ in `folder`: wake one consumer sleeping on its doorbell, unless
-    (`unless_watched`) the watcher sleeps on the folder and takes it. Returns the doorbell rung, for
-    the caller to keep and pass again (None: there is none). Never fails the move it follows: a
-    doorbell that cannot be rung only costs the sleepers their timeout."""
+    (`unless_watched`) the watcher sleeps on the folder and takes it, or no CPU could run one more
+    consumer (see cpu_free; `holding`, `loading`: what the caller's own listing saw, the caller
+    among them; -1: use what the last listing reported). Returns the doorbell rung, for the caller
+    to keep and pass again (None: there is none). Never fails the move it follows: a doorbell that
+    cannot be rung only costs the sleepers their timeout."""
     cdef int rc, fd
+    cdef tq_bell_view view
     if bell is None or not bell.still_named():
         if bell is not None:
             forget_bell(bell)
@@ -159,10 +231,19 @@ cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True):
         if bell is None:
             return None
     fd = bell.fd
-    if unless_watched:
-        with nogil:
-            rc = tq_bell_watched(fd)
-        if rc:
+    with nogil:
+        rc = tq_bell_view_read(fd, &view)
+    if rc == 0:
+        if unless_watched and view.lease_until_ns > tq_now_ns():
+            return bell
+        if holding < 0 and <uint32_t>(tq_now_ms() - view.busy.at_ms) < BUSY_FRESH_MS:
+            holding, loading = view.busy.holding, max(<long>view.busy.loading, 1)  # (the caller is busy)
+        if holding >= 0 and not cpu_free(holding, loading, False):
+            with nogil:
+                rc = tq_bell_tally(bell.word)
+            if rc != 0:
+                forget_bell(bell)
+                return None
             return bell
     with nogil:
         rc = tq_bell_ring(bell.word)
