@@ -218,6 +218,8 @@ def test_in_process_counters_only_grow(tmp_path):
     assert d.get_batch() == []  # none left: it waited
     assert value("turbo_queue_process_wait_seconds_total") > 0
     assert value("turbo_queue_process_waits_total") >= 1
+    # One consumer: it never leaves a batch to another (the sample exists, and is 0).
+    assert registry.get_sample_value("turbo_queue_process_batches_left_to_busy_total", {"queue": queue}) == 0
     d.close()
     assert value("turbo_queue_process_events_consumed_total") == 25
     assert value("turbo_queue_process_batches_consumed_total") == 3

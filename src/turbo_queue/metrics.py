@@ -217,6 +217,9 @@ class ProcessCollector(Collector):
              "wait_seconds"),
             ("turbo_queue_process_waits", "Times this process's consumers slept for a batch (woken or timed "
              "out): about one per batch and per wait_timeout, however many consumers wait", "consumer", "waits"),
+            ("turbo_queue_process_batches_left_to_busy", "Looks at the folder where this process's consumers left "
+             "the ready batches to consumers already busy (no CPU free for one more, or the watcher takes them)",
+             "consumer", "left_to_busy"),
             ("turbo_queue_process_reclaims", "Batches of dead processes this process's consumers reclaimed",
              "consumer", "reclaimed"),
             ("turbo_queue_process_quarantines", "Files this process's consumers quarantined", "consumer",
