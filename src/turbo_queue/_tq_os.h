@@ -503,26 +503,20 @@ static long tq_running_now(int fd) {
 #define TQ_BELL_COLD 2u
 #define TQ_BELL_IDLE_AT 16  /* a word no one sleeps on: FUTEX_WAKE_OP's first target */
 
-/* Add 1 to the word at `at` (atomically, in the kernel), waking no one: FUTEX_WAKE_OP's first target
- * has no sleepers, and its second wake is conditioned on the old value being -1 (once in 2^32
- * adds, when one extra wake is harmless). 0, or -1 with errno (EFAULT: the file was truncated). */
-static int tq_bell_add(uint32_t *word, size_t at) {
+/* A batch came that no one is woken for: add 1 to the word (atomically, in the kernel), waking no
+ * one: FUTEX_WAKE_OP's first target has no sleepers, and its second wake is conditioned on the old
+ * value being -1 (once in 2^32 adds, when one extra wake is harmless). Consumers that wake by
+ * their timeout see that it moved, and look. 0, or -1 with errno (EFAULT: the file was truncated). */
+static int tq_bell_tally(uint32_t *word) {
 #if TQ_HAVE_FUTEX
     uint32_t *idle = (uint32_t *)((char *)word + TQ_BELL_IDLE_AT);
-    uint32_t *target = (uint32_t *)((char *)word + at);
-    return syscall(SYS_futex, idle, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, target,
+    return syscall(SYS_futex, idle, FUTEX_WAKE_OP, 1, (void *)(uintptr_t)0, word,
                    FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, -1)) < 0 ? -1 : 0;
 #else
-    (void)word; (void)at;
+    (void)word;
     errno = ENOSYS;
     return -1;
 #endif
-}
-
-/* A batch came that no one is woken for: add 1 to the word only (consumers that wake by their
- * timeout see that it moved, and look at the folder). */
-static int tq_bell_tally(uint32_t *word) {
-    return tq_bell_add(word, 0);
 }
 
 /* Add 1 to the word and wake one sleeper, a warm one if any sleeps: 0, or -1 with errno. */
