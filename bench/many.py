@@ -10,6 +10,11 @@ end, the cost of moving events and of waking consumers; and "cpu_all_us", getrus
 around the whole run, which adds starting, setting up and ending K + P Python processes (3-6 ms of
 CPU each here).
 Idle consumers wait the way users' do: turbo-queue's get() with its wait_timeout, Queue.get().
+System "floor" (--systems floor) is the least K consumers can cost on this host: one turbo-queue
+consumer beside K - 1 processes that only sleep wait_timeout in a loop (a consumer whose get()
+returns empty at each wait_timeout wakes that often, whatever the queue does), for the idle
+consumers' share of a K=120 figure. After the medians, each point's CPU per event against the
+smallest K of its system in the same round (paired), as the median of the rounds.
 
     python bench/many.py --consumers 1 8 32 120 --producers 1 --repeat 3 --out docs/many-2core
     python bench/many.py --consumers 8 --producers 1 4 8 --systems tq
@@ -40,6 +45,7 @@ EVENT = {"id": 123456, "host": "web-17.example.net", "path": "/api/v1/items/42?e
          "status": 200, "bytes": 5123, "ts": 1764312000.123, "agent": "Mozilla/5.0 (X11; Linux)"}
 RAW = b"x" * 100
 WAIT_TIMEOUT = float(os.environ.get("TQ_MANY_WAIT", "0.1"))
+TQ_SYSTEMS = ("tq", "tq-baseline", "floor")  # (moved through turbo-queue: --events, per batch sizes)
 
 
 def split(n, k):
@@ -116,6 +122,14 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
             f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0)) + "\n")
 
 
+def sleeper(done, meter_args):
+    """An idle consumer at its least: wakes every wait_timeout, does nothing."""
+    meter = Meter(*meter_args)
+    while not done.is_set():
+        time.sleep(WAIT_TIMEOUT)
+    meter.done()
+
+
 def mpq_producer(q, n, kind, meter_args):
     ev = RAW if kind == "raw" else EVENT
     meter = Meter(*meter_args)
@@ -178,6 +192,7 @@ def runner(system, n, k, p, per_file, kind):
         root = tempfile.mkdtemp(prefix="tq-many-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         done = ctx.Event()
         cons = [ctx.Process(target=tq_consumer, args=(root, kind, done, counts, i, meters[i]))
+                if i == 0 or system != "floor" else ctx.Process(target=sleeper, args=(done, meters[i]))
                 for i in range(k)]
         prods = [ctx.Process(target=tq_producer, args=(root, m, per_file, kind, meters[k + j]))
                  for j, m in enumerate(split(n, p))]
@@ -256,16 +271,16 @@ def main():
         for p in args.producers:
             for k in args.consumers:
                 for system in systems:
-                    files = args.per_file if system.startswith("tq") else [0]
+                    files = args.per_file if system in TQ_SYSTEMS else [0]
                     for per_file in files:
                         points.append((system, kind, p, k, per_file))
     runs = {pt: [] for pt in points}
     for r in range(args.repeat):
         for pt in points:
             system, kind, p, k, per_file = pt
-            n = args.events if system.startswith("tq") else args.peer_events
+            n = args.events if system in TQ_SYSTEMS else args.peer_events
             path = args.baseline if system == "tq-baseline" else None
-            res = run_point("tq" if system.startswith("tq") else system, n, k, p, per_file, kind, path)
+            res = run_point("tq" if system == "tq-baseline" else system, n, k, p, per_file, kind, path)
             runs[pt].append(res)
             print(f"round {r + 1} {system:11s} {kind:4s} P={p:<2d} K={k:<3d} per_file={per_file:<5d} "
                   f"{res['events_per_s']:>11,.0f} events/s {res['cpu_us']:6.2f} us CPU/event "
@@ -287,6 +302,16 @@ def main():
               f"per_file={row['per_file']:<5d} {row['events_per_s']:>11,.0f} events/s "
               f"{row['cpu_us']:6.2f} us CPU/event ({row['sys_us']:.2f} system; {row['cpu_all_us']:.2f} "
               f"with process start)")
+    print("\nagainst the smallest K, paired in each round (median of the rounds' ratios):")
+    for row in table:
+        first = min((r for r in table if all(r[f] == row[f] for f in ("system", "kind", "producers", "per_file"))),
+                    key=lambda r: r["consumers"])
+        if first is row:
+            continue
+        ratios = [a["cpu_us"] / b["cpu_us"] for a, b in zip(row["runs"], first["runs"])]
+        print(f"{row['system']:11s} {row['kind']:4s} P={row['producers']:<2d} K={row['consumers']:<3d} "
+              f"per_file={row['per_file']:<5d} {statistics.median(ratios):.2f}x K={first['consumers']} "
+              f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")
     if not args.out:
         return
     host = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -307,7 +332,7 @@ def plot(table, path):
         print("matplotlib is not installed: no plot")
         return
     names = {"tq": "turbo-queue", "tq-baseline": "turbo-queue (baseline)", "mpq": "multiprocessing.Queue",
-             "ffq": "faster-fifo"}
+             "ffq": "faster-fifo", "floor": "1 turbo-queue consumer + K-1 sleepers"}
     kinds = sorted({row["kind"] for row in table})
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
