@@ -53,10 +53,15 @@ def in_process(target, *args):
     assert p.exitcode == 0
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (as a shell starts a background job)
+
+
 class Exporter:
-    def __init__(self, root):
+    def __init__(self, root, sigint_ignored=False):
         self.proc = subprocess.Popen([sys.executable, "-m", "turbo_queue", "metrics", root, "--listen",
-                                      "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+                                      "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_ignore_sigint if sigint_ignored else None)
         line = self.proc.stderr.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
         assert m, line
@@ -75,10 +80,16 @@ class Exporter:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        self.proc.stderr.close()
+    def close(self, sig=signal.SIGTERM):
+        """Stop it as a service manager (SIGTERM) or a person (SIGINT) would: it exits 0."""
+        self.proc.send_signal(sig)
+        try:
+            assert self.proc.wait(10) == 0, self.proc.stderr.read()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stderr.close()
 
 
 def stats_json(root):
@@ -255,3 +266,15 @@ def test_the_example_dashboard_and_alerts_use_names_the_exporter_serves(tmp_path
     used = set(re.findall(r"turbo_queue_[a-z_]+", dashboard + alerts))
     assert len(used) >= 8
     assert used <= served, used - served
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_the_exporter_stops_cleanly_on_a_stop_signal_however_it_was_started(tmp_path, sig, sigint_ignored):
+    """SIGTERM and SIGINT end `turbo-queue metrics` with status 0 and close its port, also where it
+    was started with SIGINT ignored (a background job of a shell)."""
+    exporter = Exporter(str(tmp_path), sigint_ignored=sigint_ignored)
+    assert "turbo_queue_" in exporter.scrape()
+    exporter.close(sig)
+    with pytest.raises(OSError):
+        exporter.scrape()

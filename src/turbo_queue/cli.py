@@ -7,11 +7,13 @@ import base64
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
 from turbo_queue import _folder
 from turbo_queue._core import STATES, decode_value, events_in_name
+from turbo_queue._signals import Stopper
 from turbo_queue.errors import TurboQueueError
 
 
@@ -237,14 +239,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     registry = metrics.folder_registry(args.root, queues) if args.textfile else None
     written = 0
+    stop = threading.Event()
     try:
-        while True:
-            if registry is not None:
-                metrics.write_textfile(args.textfile, registry)
-                written += 1
-                if args.count is not None and written >= args.count:
-                    return 0
-            time.sleep(args.interval)
+        with Stopper(stop, "turbo-queue metrics"):  # (SIGTERM or Ctrl-C: stop serving, exit 0)
+            while not stop.is_set():
+                if registry is not None:
+                    metrics.write_textfile(args.textfile, registry)
+                    written += 1
+                    if args.count is not None and written >= args.count:
+                        return 0
+                stop.wait(args.interval)
+        return 0
     finally:
         if args.listen:
             server.shutdown()

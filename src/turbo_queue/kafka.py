@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import threading
 import time
 from typing import Any, Callable, Iterable, Literal, NamedTuple, Optional, Sequence, Tuple
@@ -40,6 +39,7 @@ import orjson
 
 from turbo_queue._core import Dequeue, Enqueue
 from turbo_queue._kafka_codec import pack_messages, produce_packed, unpack_record
+from turbo_queue._signals import Stopper
 
 __all__ = ["RECORDS", "KafkaDequeue", "KafkaEnqueue", "KafkaSink", "KafkaSource", "Record",
            "RecordSerializer"]
@@ -106,28 +106,6 @@ def _check_format(value_format: str) -> str:
     return value_format
 
 
-class _Stopper:
-    """SIGTERM/SIGINT ask a connector to stop cleanly; previous handlers are restored after."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._stop = stop
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_Stopper":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logger.info("turbo_queue.kafka: %s received, stopping cleanly", signal.Signals(signum).name)
-        self._stop.set()
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class _Connector:
     """Settings shared by source and sink, in the 0.8 names (settable as attributes before start)."""
 
@@ -173,7 +151,7 @@ class _Connector:
         them back after `stop_grace` seconds)."""
         if not self._opened():
             self.open()
-        with _Stopper(self._stop) if handle_signals else contextlib.nullcontext():
+        with Stopper(self._stop, "turbo_queue.kafka") if handle_signals else contextlib.nullcontext():
             try:
                 while not self._stop.is_set():
                     self.poll_once()
