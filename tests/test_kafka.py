@@ -404,7 +404,9 @@ def test_source_killed_between_a_publish_and_its_commit_delivers_that_batch_agai
     pipeline.sink()
     msgs = read_all(kafka_broker, pipeline.out_topic, set(range(n)))
     duplicates = check_output(msgs, n, report)
-    assert duplicates == 3000 - done  # exactly the published events whose commit was lost
+    # Exactly the published events whose commit was lost: a commit the source sent before the kill
+    # can reach the broker after `done` was read (it only lowers the count, by whole batches).
+    assert duplicates % 1000 == 0 and 3000 - 2000 <= duplicates <= 3000 - done, (duplicates, done)
     assert pipeline.stop_all()["source"] == 0
 
 
