@@ -128,7 +128,7 @@ def run_once(seed, producers=2, consumers=3, duration=1.0):
                 con.close()
     # Everything stopped: startup cleanup returns what dead processes held, then drain.
     turbo_queue.startup(root_path=root, queue_name="q").on_start_cleanup()
-    from conftest import drain_all
+    from helpers import drain_all
 
     drained = drain_all(root)
     # A batch whose consumers were killed max_attempts times has the events they had in hand set

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import turbo_queue
-from conftest import batch_files, drain_all, run_script
+from helpers import batch_files, drain_all, run_script
 
 
 def publish(root, events, per_file, serializer="json"):

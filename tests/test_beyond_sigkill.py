@@ -18,7 +18,7 @@ import pytest
 import turbo_queue
 from turbo_queue import _core, _folder
 from turbo_queue.cli import main as cli
-from conftest import batch_files, drain_all
+from helpers import batch_files, drain_all
 from hostile import TAMPERINGS, killed_writer, plant_special, tamper_with_lock
 
 ctx = mp.get_context("fork")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import turbo_queue
-from conftest import batch_files
+from helpers import batch_files
 
 
 TIMEOUT_S = 120  # (the demo takes seconds, under qemu-user too)

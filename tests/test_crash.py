@@ -10,7 +10,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files, drain_all, run_script
+from helpers import batch_files, drain_all, run_script
 
 BATCH = 100
 BATCHES = 6

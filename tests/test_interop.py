@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 from legacy_programs import LEGACY_READER, LEGACY_WRITER
 
 # Values the original itself round-trips (its own reader breaks on top-level numbers, defect 4).

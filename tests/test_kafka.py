@@ -18,7 +18,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from conftest import REPO, batch_files, drain_all, run_script
+from helpers import REPO, batch_files, drain_all, run_script
 
 ck = pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402

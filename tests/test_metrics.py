@@ -18,7 +18,7 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import turbo_queue  # noqa: E402
-from conftest import run_script  # noqa: E402
+from helpers import run_script  # noqa: E402
 
 ctx = mp.get_context("fork")
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files, drain_all
+from helpers import batch_files, drain_all
 
 ctx = mp.get_context("fork")
 

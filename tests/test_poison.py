@@ -14,7 +14,7 @@ import pytest
 import turbo_queue
 from turbo_queue import _core
 from turbo_queue.cli import main as cli
-from conftest import drain_all, run_script
+from helpers import drain_all, run_script
 from legacy_programs import LEGACY_READER, LEGACY_WRITER
 from poison import consumer, handled_counts, queue_consumer, supervise
 

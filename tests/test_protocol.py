@@ -12,7 +12,7 @@ import pytest
 import turbo_queue
 from turbo_queue import _core, _folder
 from turbo_queue.cli import main as cli
-from conftest import batch_files, drain_all
+from helpers import batch_files, drain_all
 
 
 def producer(root, **kw):

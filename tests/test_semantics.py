@@ -8,7 +8,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import batch_files, drain_all, run_script
+from helpers import batch_files, drain_all, run_script
 
 
 def producer(tmp_path, **kw):

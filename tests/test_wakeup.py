@@ -11,7 +11,7 @@ import time
 import pytest
 
 import turbo_queue
-from conftest import run_script
+from helpers import run_script
 from legacy_programs import LEGACY_WRITER
 from wakeup import (
     SLOW,
