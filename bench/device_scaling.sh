@@ -2,7 +2,7 @@
 # The many-core runs for a 16-core `device` machine (see ../shared/reference/device.md): builds the
 # extension there against its runtime libsqlite3 with a carried sqlite3.h, unpacks the carried
 # wheels, then runs the benchmarks most important first, each time-boxed, leaving JSON, PNG and logs
-# in $OUT (or docs/) as each one ends, so a lease cut short still returns what finished.
+# as each one ends, so a lease cut short still returns what finished.
 #
 # Prepare here once (all ignored by git), then run with carry [".sqlite-dev", ".whl", ".side/tq0.5.2"]:
 #   mkdir -p .sqlite-dev && (cd .sqlite-dev && apt-get download libsqlite3-dev && dpkg -x libsqlite3-dev_*.deb .)
@@ -13,8 +13,14 @@
 # Needs no pip and no network there: wheels are unzipped, extensions built in place.
 # QUICK=1 shrinks every run to a smoke test (to try this script anywhere before spending a lease).
 set -uo pipefail
-out=${OUT:-docs}
+# With $OUT (the device tool's), results go to one $OUT/results.tgz, rewritten after each step: it
+# returns only a few files per run.
+if [ -n "${OUT:-}" ]; then out=/tmp/tq-results; rm -rf "$out"; else out=docs; fi
 mkdir -p "$out" && out=$(cd "$out" && pwd)
+pack() {
+    [ -n "${OUT:-}" ] && tar czf "$OUT/results.tgz.part" -C "$out" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
+    return 0
+}
 py=${PYTHON:-python3}
 repo=$PWD
 site=/tmp/tq-site
@@ -29,7 +35,7 @@ export PYTHONPATH="$repo/src:$site"
 
 t0=$SECONDS
 TURBO_QUEUE_SQLITE_PREFIX=/tmp/tq-sqlite "$py" setup.py -q build_ext --inplace > "$out/build.log" 2>&1 \
-    || { echo "build failed:"; tail -30 "$out/build.log"; exit 1; }
+    || { echo "build failed:"; tail -30 "$out/build.log"; pack; exit 1; }
 "$py" -c "import turbo_queue; print('turbo_queue', turbo_queue.__file__, 'SQLite', turbo_queue.SQLITE_VERSION)" \
     | tee -a "$out/host.txt"
 echo "built in $((SECONDS - t0)) s"
@@ -49,6 +55,7 @@ step() {  # step NAME SECONDS COMMAND...: one benchmark, its log in $out/NAME.lo
     local rc=$?
     echo "== $name: status $rc in $((SECONDS - t)) s"
     sed -n '/^medians:/,$p' "$out/$name.log" | head -60
+    pack
 }
 # Issue 16's acceptance 1 on this host: K=1 against K=120, paired rounds, with the sleepers' floor.
 step many-k120-16core 200 "$py" bench/many.py --systems tq floor --kinds raw dict --per-file 1000 10000 \
