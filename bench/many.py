@@ -119,7 +119,7 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     counts[slot] = got
     if os.environ.get("TQ_MANY_COUNTERS"):  # a file to append each consumer's counters() to
         with open(os.environ["TQ_MANY_COUNTERS"], "a") as f:
-            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0)) + "\n")
+            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid())) + "\n")
 
 
 def sleeper(done, meter_args):
