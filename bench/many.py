@@ -20,8 +20,9 @@ smallest K of its system in the same round (paired), as the median of the rounds
     python bench/many.py --consumers 8 --producers 1 4 8 --systems tq
 
 Environment: TQ_MANY_WAIT sets the consumers' wait_timeout (default 0.1 s, the package's default);
-TQ_MANY_COUNTERS=FILE appends each turbo-queue consumer's counters() and CPU time to FILE (how
-batches spread over a pool).
+TQ_MANY_COUNTERS=FILE appends each turbo-queue consumer's counters(), CPU time, pid, minor page
+faults and context switches to FILE (how batches spread over a pool, and what a consumer's first
+batches cost it).
 
 Events: "dict" goes through the original's API (add() / next(get()), JSON); "raw" through the
 batch API (add_many() / get_batch(), bytes), where the cost per event is smallest and any cost per
@@ -66,6 +67,7 @@ class Meter:
         self.cpu, self.sys_cpu, self.slot = cpu, sys_cpu, slot
         start.wait()
         self.t0, self.s0 = cpu_now()
+        self.f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def done(self):
         t, s = cpu_now()
@@ -119,7 +121,9 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     counts[slot] = got
     if os.environ.get("TQ_MANY_COUNTERS"):  # a file to append each consumer's counters() to
         with open(os.environ["TQ_MANY_COUNTERS"], "a") as f:
-            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid())) + "\n")
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid(), minflt=r.ru_minflt - meter.f0,
+                                    nvcsw=r.ru_nvcsw, nivcsw=r.ru_nivcsw)) + "\n")
 
 
 def sleeper(done, meter_args):
