@@ -67,7 +67,7 @@ class Meter:
         self.cpu, self.sys_cpu, self.slot = cpu, sys_cpu, slot
         start.wait()
         self.t0, self.s0 = cpu_now()
-        self.f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.r0 = resource.getrusage(resource.RUSAGE_SELF)  # (page faults and switches, for TQ_MANY_COUNTERS)
 
     def done(self):
         t, s = cpu_now()
@@ -122,8 +122,9 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     if os.environ.get("TQ_MANY_COUNTERS"):  # a file to append each consumer's counters() to
         with open(os.environ["TQ_MANY_COUNTERS"], "a") as f:
             r = resource.getrusage(resource.RUSAGE_SELF)
-            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid(), minflt=r.ru_minflt - meter.f0,
-                                    nvcsw=r.ru_nvcsw, nivcsw=r.ru_nivcsw)) + "\n")
+            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid(),
+                                    minflt=r.ru_minflt - meter.r0.ru_minflt, nvcsw=r.ru_nvcsw - meter.r0.ru_nvcsw,
+                                    nivcsw=r.ru_nivcsw - meter.r0.ru_nivcsw)) + "\n")
 
 
 def sleeper(done, meter_args):
