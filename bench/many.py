@@ -22,7 +22,9 @@ smallest K of its system in the same round (paired), as the median of the rounds
 Environment: TQ_MANY_WAIT sets the consumers' wait_timeout (default 0.1 s, the package's default);
 TQ_MANY_COUNTERS=FILE appends each turbo-queue consumer's counters(), CPU time, pid, minor page
 faults and context switches to FILE (how batches spread over a pool, and what a consumer's first
-batches cost it).
+batches cost it); TQ_MANY_WARM=1 has every turbo-queue consumer take one batch before the start line
+(a pool whose processes all worked before: a process's first batches cost it page faults that a
+long-lived pool paid long ago).
 
 Events: "dict" goes through the original's API (add() / next(get()), JSON); "raw" through the
 batch API (add_many() / get_batch(), bytes), where the cost per event is smallest and any cost per
@@ -46,6 +48,7 @@ EVENT = {"id": 123456, "host": "web-17.example.net", "path": "/api/v1/items/42?e
          "status": 200, "bytes": 5123, "ts": 1764312000.123, "agent": "Mozilla/5.0 (X11; Linux)"}
 RAW = b"x" * 100
 WAIT_TIMEOUT = float(os.environ.get("TQ_MANY_WAIT", "0.1"))
+WARM = os.environ.get("TQ_MANY_WARM") == "1"  # every turbo-queue consumer takes a batch before the start
 TQ_SYSTEMS = ("tq", "tq-baseline", "floor")  # (moved through turbo-queue: --events, per batch sizes)
 
 
@@ -97,7 +100,12 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     import turbo_queue
     d = turbo_queue.dequeue(1, root_path=root, queue_name="q", wait_timeout=WAIT_TIMEOUT,
                             serializer="raw" if kind == "raw" else "json")
-    assert d.get_batch(timeout=0) == []  # attached (owner lock, doorbell, first recovery pass)
+    if WARM:  # one of the K batches put there before the consumers started, and no more
+        while not d.get_batch(timeout=1):
+            pass
+        d.clean_up()
+    else:
+        assert d.get_batch(timeout=0) == []  # attached (owner lock, doorbell, first recovery pass)
     meter = Meter(*meter_args)
     got = 0
     if kind == "dict":
@@ -193,8 +201,15 @@ def runner(system, n, k, p, per_file, kind):
         prods = [ctx.Process(target=mpq_producer, args=(q, m, kind, meters[k + j]))
                  for j, m in enumerate(split(n, p))]
     else:
-        import turbo_queue  # noqa: F401  (imported once, before forking)
+        import turbo_queue  # (imported once, before forking)
         root = tempfile.mkdtemp(prefix="tq-many-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        if WARM:
+            e = turbo_queue.enqueue(root_path=root, queue_name="q", max_events_per_file=per_file,
+                                    max_ready_files=10**9, serializer="raw" if kind == "raw" else "json")
+            e.start()
+            for _ in range(k if system != "floor" else 1):
+                e.add_many([RAW if kind == "raw" else EVENT] * per_file)
+            e.close()
         done = ctx.Event()
         cons = [ctx.Process(target=tq_consumer, args=(root, kind, done, counts, i, meters[i]))
                 if i == 0 or system != "floor" else ctx.Process(target=sleeper, args=(done, meters[i]))
