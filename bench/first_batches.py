@@ -15,6 +15,7 @@ import os
 import resource
 import statistics
 import tempfile
+import traceback
 
 import turbo_queue  # (before forking: the child pays for no import)
 
@@ -33,6 +34,7 @@ def one_round(root, batches, per_file):
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
             d = turbo_queue.dequeue(1, root_path=root, queue_name="q", serializer="raw")
             assert d.get_batch(timeout=0) == []  # attached, as a pool's consumers are
@@ -47,8 +49,11 @@ def one_round(root, batches, per_file):
                 lines.append(f"{c1 - c0!r} {f1 - f0}")
             d.close()
             os.write(out_w, "\n".join(lines).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
         finally:
-            os._exit(0)
+            os._exit(code)  # (never back into the parent's code)
     for fd in (ready_w, go_r, out_w):  # (the child's ends: out_r reads to the end once it exits)
         os.close(fd)
     os.read(ready_r, 1)

@@ -23,8 +23,8 @@ Environment: TQ_MANY_WAIT sets the consumers' wait_timeout (default 0.1 s, the p
 TQ_MANY_COUNTERS=FILE appends each turbo-queue consumer's counters(), CPU time, pid, minor page
 faults and context switches to FILE (how batches spread over a pool, and what a consumer's first
 batches cost it); TQ_MANY_WARM=1 has every turbo-queue consumer take one batch before the start line
-(a pool whose processes all worked before: a process's first batches cost it page faults that a
-long-lived pool paid long ago).
+(a pool whose processes all worked before, counted in their counters(): a process's first batches cost
+it page faults that a long-lived pool paid long ago).
 
 Events: "dict" goes through the original's API (add() / next(get()), JSON); "raw" through the
 batch API (add_many() / get_batch(), bytes), where the cost per event is smallest and any cost per
@@ -58,9 +58,12 @@ def split(n, k):
 
 # -- roles, run in processes forked from a runner that imported the system under test ------------
 
-def cpu_now():
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_of(r):
     return r.ru_utime + r.ru_stime, r.ru_stime
+
+
+def cpu_now():
+    return cpu_of(resource.getrusage(resource.RUSAGE_SELF))
 
 
 class Meter:
@@ -69,8 +72,8 @@ class Meter:
     def __init__(self, start, cpu, sys_cpu, slot):
         self.cpu, self.sys_cpu, self.slot = cpu, sys_cpu, slot
         start.wait()
-        self.t0, self.s0 = cpu_now()
-        self.r0 = resource.getrusage(resource.RUSAGE_SELF)  # (page faults and switches, for TQ_MANY_COUNTERS)
+        self.r0 = resource.getrusage(resource.RUSAGE_SELF)  # (its page faults and switches: TQ_MANY_COUNTERS)
+        self.t0, self.s0 = cpu_of(self.r0)
 
     def done(self):
         t, s = cpu_now()
@@ -130,7 +133,7 @@ def tq_consumer(root, kind, done, counts, slot, meter_args):
     if os.environ.get("TQ_MANY_COUNTERS"):  # a file to append each consumer's counters() to
         with open(os.environ["TQ_MANY_COUNTERS"], "a") as f:
             r = resource.getrusage(resource.RUSAGE_SELF)
-            f.write(json.dumps(dict(c, cpu=cpu_now()[0] - meter.t0, pid=os.getpid(),
+            f.write(json.dumps(dict(c, cpu=cpu_of(r)[0] - meter.t0, pid=os.getpid(),
                                     minflt=r.ru_minflt - meter.r0.ru_minflt, nvcsw=r.ru_nvcsw - meter.r0.ru_nvcsw,
                                     nivcsw=r.ru_nivcsw - meter.r0.ru_nivcsw)) + "\n")
 
