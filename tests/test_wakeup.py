@@ -1,11 +1,14 @@
 """Waking consumers: a batch wakes about one of many waiting consumers (the doorbell and the watcher,
 see _wakeup.pxi), batches of a producer that rings nothing (the pure-Python 0.5.2) are still found
 at once, and no consumer killed or stopped at any step of waiting keeps the others asleep: every
-test here gives the survivors a wait_timeout of 30 s, so a lost wake-up would show as a 30 s wait."""
+test here gives the survivors a wait_timeout of 30 s, so a lost wake-up would show as a 30 s wait
+(where a short one is what is tested, a lost wake-up shows as no delivery at all)."""
 
 import json
 import os
+import random
 import signal
+import struct
 import time
 
 import pytest
@@ -168,6 +171,62 @@ def test_a_consumer_killed_or_stopped_at_any_step_of_waiting_keeps_no_one_asleep
     got, twice = received(tmp_path)
     assert sorted(got) == sorted(expected) and not twice
     assert all(who != "victim" for who, _ in got.values())
+
+
+SHORT_WAIT = 0.2  # a wait_timeout under BELL_SLEEP_S: a follower's quiet timeout need not look again
+
+
+def planted_doorbell_page(kind):
+    """A doorbell page whose lease no watcher of this boot wrote."""
+    page = bytearray(4096)
+    if kind == "another boot":  # kept on disk across a restart: that boot's clock was days further on
+        struct.pack_into("=Q", page, 8, time.monotonic_ns() + 10 * 86400 * 10**9)
+    elif kind == "all ones":
+        page[:] = b"\xff" * 4096
+    else:  # random bytes: any lease, any word, any busy report
+        page[:] = random.Random(16).randbytes(4096)
+    return bytes(page)
+
+
+@pytest.mark.parametrize("kind", ["another boot", "all ones", "random bytes"])
+def test_a_lease_no_watcher_of_this_boot_wrote_keeps_no_one_asleep(tmp_path, kind):
+    # The watcher is stopped after taking the role, before it first sleeps: the lease in the
+    # doorbell is still the planted one, and followers whose wait_timeout is short must not take it
+    # for a watcher asleep on the folder (their quiet timeouts would never look again).
+    folder = tmp_path / "q"
+    folder.mkdir()
+    page = planted_doorbell_page(kind)
+    (folder / ".doorbell").write_bytes(page)
+    victim = start_consumer(tmp_path, "victim", SHORT_WAIT, ("watch", True))
+    wait_until(lambda: process_state(victim.pid) == "T", PROMPT_S, "the watcher to stop at watch")
+    others = [start_consumer(tmp_path, f"c{i}", SHORT_WAIT) for i in range(2)]
+    wait_until(lambda: all_asleep(others), PROMPT_S, "the followers to sleep")
+    assert (folder / ".doorbell").read_bytes()[8:16] == page[8:16], "a watcher wrote a lease: nothing tested"
+    expected = []
+    for b in range(3):
+        publish(tmp_path, [f"e{b}"])
+        expected.append(f"e{b}")
+        delivered_promptly(tmp_path, expected)
+    stop_all(tmp_path, others + [victim])
+    got, twice = received(tmp_path)
+    assert sorted(got) == expected and not twice
+
+
+def test_a_sleeping_watchers_lease_runs_no_further_ahead_than_readers_accept(tmp_path):
+    # The other side of the test above: a lease further ahead than 0.5 s (TQ_WATCH_LEASE_NS) is
+    # taken as over, so a watcher's own leases must never say more, or ringers would wake a second
+    # consumer for every batch the watcher takes itself.
+    watcher = start_consumer(tmp_path, "watcher", LONG_WAIT)
+    wait_until(lambda: watch_lock_held(tmp_path) and asleep(watcher.pid), PROMPT_S, "the watcher to sleep")
+    bell = tmp_path / "q" / ".doorbell"
+    ahead = []
+    for _ in range(150):  # 1.5 s: three leases or more
+        until, = struct.unpack("=Q", bell.read_bytes()[8:16])
+        ahead.append(until - time.monotonic_ns())  # (read after the lease: its writer's clock was earlier)
+        time.sleep(0.01)
+    assert max(ahead) <= 500_000_000, max(ahead)
+    assert sum(a > 0 for a in ahead) > len(ahead) // 2, "the watcher held no lease most of the time"
+    stop_all(tmp_path, [watcher])
 
 
 def test_each_listing_reports_in_the_doorbell_who_is_busy(tmp_path):

@@ -79,6 +79,8 @@ cdef extern from "_tq_os.h" nogil:
     int tq_watch_wait(int fd, double timeout, const char *prefix)
     int TQ_BELL_SIZE, TQ_BELL_TIMED_OUT, TQ_BELL_RUNG, TQ_BELL_MOVED
     uint64_t tq_now_ns()
+    int TQ_WATCH_LEASE_NS
+    bint tq_lease_runs(uint64_t until_ns, uint64_t now_ns)
     int tq_bell_lease(int fd, uint64_t until_ns)
     int tq_bell_quiet(int fd, uint32_t seen)
     uint32_t *tq_bell_map(int fd)

@@ -368,6 +368,13 @@ static int tq_watch_wait(int fd, double timeout, const char *prefix) {
 #define TQ_BELL_SIZE 4096
 #define TQ_BELL_LEASE_AT 8
 
+/* The longest lease a watcher takes at a time (it renews them while it sleeps). A lease that says it
+ * runs further ahead than this was not written by a watcher of this boot: a doorbell kept on disk
+ * across a restart (CLOCK_MONOTONIC began again, so its last lease looks days long), a process in
+ * another time namespace, or bytes that were never a lease. It is taken as over, as a stopped
+ * watcher's is, or it would keep ringers silent until the old boot's uptime came round again. */
+#define TQ_WATCH_LEASE_NS 500000000
+
 /* How a sleep on the word ended: timed out, woken by a ring (or a signal), or not begun because the
  * word had moved since it was read (a ring, or a tally that wakes no one). */
 enum { TQ_BELL_TIMED_OUT = 0, TQ_BELL_RUNG = 1, TQ_BELL_MOVED = 2 };
@@ -376,6 +383,11 @@ static uint64_t tq_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether a watcher sleeps on the folder under the lease `until_ns` at `now_ns` (see TQ_WATCH_LEASE_NS). */
+static int tq_lease_runs(uint64_t until_ns, uint64_t now_ns) {
+    return until_ns > now_ns && until_ns - now_ns <= (uint64_t)TQ_WATCH_LEASE_NS;
 }
 
 /* The shared mapping of the doorbell file open as `fd` (at least 4 bytes long), or NULL with errno. */
@@ -420,7 +432,7 @@ static int tq_bell_quiet(int fd, uint32_t seen) {
     if (got != (ssize_t)sizeof page) return 0;
     memcpy(&word, page, sizeof word);
     memcpy(&until, page + TQ_BELL_LEASE_AT, sizeof until);
-    return word == seen && until > tq_now_ns();
+    return word == seen && tq_lease_runs(until, tq_now_ns());
 }
 
 /* At offset 32, what the consumer that listed the folder last saw (tq_busy): written after a

@@ -152,7 +152,7 @@ cdef class _Waiter:
                 or <uint32_t>(tq_now_ms() - self.report.at_ms) >= BUSY_FRESH_MS
                 or (self.reported and self.report.at_ms == self.reported_ms)):  # (its own report)
             return False
-        return self.watched_until > tq_now_ns() or not cpu_free(holding, loading, True)
+        return tq_lease_runs(self.watched_until, tq_now_ns()) or not cpu_free(holding, loading, True)
 
     cdef int after_listing(self, long holding, long loading, bint claimed) except -1:
         """After a claim, or a look that found nothing: report what the listing saw, this

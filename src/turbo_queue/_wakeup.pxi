@@ -8,7 +8,8 @@
 # maps (see _tq_os.h), which wakes one of the other consumers, however many sleep there. The kernel
 # takes a sleeper that is killed or stopped off the word's queue, and drops the lock of a watcher
 # that dies; a lease is at most WATCH_LEASE_S long, so a watcher stopped while it sleeps leaves the
-# ringing to the others within that; and no consumer sleeps on the doorbell longer than
+# ringing to the others within that (a lease that says it runs longer, left by another boot or
+# never written by a watcher, is taken as over); and no consumer sleeps on the doorbell longer than
 # BELL_SLEEP_S without looking at the folder.
 #
 # A batch is worth waking a consumer for only where a CPU can run it. Each consumer that lists the
@@ -30,7 +31,7 @@
 cdef bytes DOORBELL_B = b".doorbell"
 cdef bytes WATCH_LOCK_B = b".watch.lock"
 cdef double BELL_RECHECK_S = 1.0  # how often a ringer checks that the name still is its doorbell
-cdef double WATCH_LEASE_S = 0.5   # the longest lease the watcher takes at a time (it renews them)
+cdef double WATCH_LEASE_S = TQ_WATCH_LEASE_NS / 1e9  # the longest lease the watcher takes at a time
 cdef double BELL_SLEEP_S = 2.0    # the longest sleep on the doorbell before looking at the folder
 cdef double WARM_S = 0.02         # how long after a batch a consumer sleeps among the warm ones
 cdef uint32_t BUSY_FRESH_MS = 50  # how long a listing's report of the busy processes is used
@@ -234,7 +235,7 @@ cdef _Bell ring_bell(bytes folder, _Bell bell=None, bint unless_watched=True, lo
     with nogil:
         rc = tq_bell_view_read(fd, &view)
     if rc == 0:
-        if unless_watched and view.lease_until_ns > tq_now_ns():
+        if unless_watched and tq_lease_runs(view.lease_until_ns, tq_now_ns()):
             return bell
         if holding < 0 and <uint32_t>(tq_now_ms() - view.busy.at_ms) < BUSY_FRESH_MS:
             holding, loading = view.busy.holding, max(<long>view.busy.loading, 1)  # (the caller is busy)
