@@ -315,14 +315,19 @@ def test_a_consumer_that_leaves_batches_to_a_busy_one_takes_one_at_the_end_of_it
     os.kill(watcher.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("name", [".doorbell", ".watch.lock"])
-@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "empty file", "short file"])
+@pytest.mark.parametrize("name", [".doorbell", ".watch.lock", ".reclaim.lock"])
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "fifo", "directory", "empty file", "short file"])
 def test_an_unusable_doorbell_or_watch_lock_costs_wake_ups_not_events(tmp_path, name, kind):
     folder = tmp_path / "q"
     folder.mkdir()
     path = folder / name
+    elsewhere = tmp_path / "elsewhere"
     if kind == "symlink":
-        os.symlink(tmp_path / "elsewhere", path)
+        os.symlink(elsewhere, path)
+    elif kind == "hard link":  # another file's name too: never written, grown or touched through
+        elsewhere.write_bytes(b"someone's data\n" * 5)
+        os.utime(elsewhere, ns=(10**18, 10**18))
+        os.link(elsewhere, path)
     elif kind == "fifo":
         os.mkfifo(path)
     elif kind == "directory":
@@ -336,7 +341,11 @@ def test_an_unusable_doorbell_or_watch_lock_costs_wake_ups_not_events(tmp_path, 
         delivered_promptly(tmp_path, [f"e{b}"])
     stop_all(tmp_path, procs)
     assert sorted(received(tmp_path)[0]) == [f"e{b}" for b in range(5)]
-    assert not (tmp_path / "elsewhere").exists()  # a symlink is never followed, nor created through
+    if kind == "hard link":
+        assert elsewhere.read_bytes() == b"someone's data\n" * 5
+        assert elsewhere.stat().st_mtime_ns == 10**18
+    else:
+        assert not elsewhere.exists()  # a symlink is never followed, nor created through
 
 
 @pytest.mark.parametrize("how", ["truncated", "removed", "replaced by another file"])

@@ -67,7 +67,7 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.errno cimport (EACCES, EDQUOT, EEXIST, EIO, EISDIR, ELOOP, EMFILE, ENAMETOOLONG, ENFILE,
+from libc.errno cimport (EACCES, EDQUOT, EEXIST, EIO, EISDIR, ELOOP, EMFILE, EMLINK, ENAMETOOLONG, ENFILE,
                          ENOENT, ENOMEM, ENOSPC, ENOSYS, ENOTDIR, ENXIO, EPERM, EROFS, errno)
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t

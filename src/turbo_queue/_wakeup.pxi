@@ -23,8 +23,8 @@
 # wakes for them). A report older than BUSY_FRESH_MS is not used: where the consumers stopped or
 # are slow, or none listed the folder lately, every batch rings and every look claims.
 #
-# Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, FIFO or
-# another user's file planted there, a read-only folder, no futexes on this platform) a consumer
+# Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, hard link,
+# FIFO or another user's file planted there, a read-only folder, no futexes on this platform) a consumer
 # watches the folder itself, as every consumer once did. A doorbell truncated, removed or replaced
 # under us is reopened.
 
@@ -142,10 +142,10 @@ cdef set _shared_reported = set()  # paths of unusable shared files, logged once
 
 cdef tuple open_shared_file(bytes path, int mode, bint exact, bint create, str without_it):
     """Open a small file of the folder that processes share (the doorbell, the watch lock, the
-    reclaim lock): never through a symlink, never blocking on a FIFO, made with `mode` if missing
-    and `create`. Returns (descriptor, os.stat_result, whether this call made it); the descriptor is
-    -1 when the file does not exist and `create` is false, -2 when it cannot be used (logged once
-    per process, with `without_it`: what is done instead)."""
+    reclaim lock): never through a symlink or a hard link, never blocking on a FIFO, made with
+    `mode` if missing and `create`. Returns (descriptor, os.stat_result, whether this call made
+    it); the descriptor is -1 when the file does not exist and `create` is false, -2 when it cannot
+    be used (logged once per process, with `without_it`: what is done instead)."""
     cdef int flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     cdef int fd = -1
     cdef bint created = False
@@ -165,6 +165,8 @@ cdef tuple open_shared_file(bytes path, int mode, bint exact, bint create, str w
         st = os.fstat(fd)
         if not stat_module.S_ISREG(st.st_mode):
             raise OSError(EISDIR, "not a regular file")
+        if st.st_nlink > 1:  # (written or touched through, it would change a file outside the folder)
+            raise OSError(EMLINK, "a hard link: another file's name too")
     except OSError as e:
         if fd >= 0:
             close(fd)
