@@ -218,13 +218,14 @@ def plant_one(folder, outside, rng, n):
         os.rename(staging, path)
 
 
-def tamper_with_locks(folder, rng):
+def tamper_with_locks(folder, outside, rng):
     for name in os.listdir(folder):
         # Owner locks, and the files every process shares: the doorbell and the watch lock.
         if not (name.startswith(".owner_") or name in SHARED_FILES) or rng.random() >= 0.5:
             continue
         try:
-            tamper_with_lock(os.path.join(folder, name), rng.choice(TAMPERINGS))
+            tamper_with_lock(os.path.join(folder, name), rng.choice(TAMPERINGS),
+                             os.path.join(outside, rng.choice(["plain.txt", "journal.db", "wal.db"])))
         except OSError:
             pass  # its owner removed or remade it meanwhile
 
@@ -233,10 +234,13 @@ SHARED_FILES = (".doorbell", ".watch.lock", ".reclaim.lock")
 
 # What a cleaner or a hostile user can do to a lock file.
 TAMPERINGS = ("removed", "replaced by a file", "replaced by a directory", "replaced by a FIFO",
-              "truncated", "replaced by a symlink", "given a lease from another boot")
+              "truncated", "replaced by a symlink", "given a lease from another boot",
+              "replaced by a hard link to a file outside")
 
 
-def tamper_with_lock(path, how):
+def tamper_with_lock(path, how, outside_file):
+    if how in ("truncated", "given a lease from another boot") and os.lstat(path).st_nlink > 1:
+        return  # (a hard link planted earlier: this would change the file outside, not the queue)
     if how == "truncated":  # (in place: processes that mapped the doorbell keep their mapping)
         os.truncate(path, 0)
         return
@@ -260,6 +264,8 @@ def tamper_with_lock(path, how):
         os.mkfifo(path)
     elif how == "replaced by a symlink":
         os.symlink("/dev/null", path)
+    elif how == "replaced by a hard link to a file outside":
+        os.link(outside_file, path)
 
 
 # -- One run -------------------------------------------------------------------------------------------
@@ -331,7 +337,7 @@ def run_once(seed, producers=2, consumers=2, duration=2.0):
             plant_one(folder, outside, rng, planted)
             planted += 1
         if rng.random() < 0.3:
-            tamper_with_locks(folder, rng)
+            tamper_with_locks(folder, outside, rng)
     open(os.path.join(root, "STOP"), "w").close()
     wait_for(procs, "p", problems)
     # Producers are done: consumers drain what is ready, then stop.
