@@ -131,10 +131,21 @@ def slow_producer(root, n, ready_path):
     e.close()
 
 
-def tamper_with_locks(folder, how):
+OUTSIDE_TEXT = b"a file outside the queue folder\n" * 10
+
+
+def outside_file(tmp_path):
+    """A file beside the queue folder, for tamperings that plant a hard link to one."""
+    path = tmp_path / "outside.txt"
+    if not path.exists():
+        path.write_bytes(OUTSIDE_TEXT)
+    return str(path)
+
+
+def tamper_with_locks(folder, how, outside):
     for name in os.listdir(folder):
         if name.startswith(".owner_"):
-            tamper_with_lock(os.path.join(folder, name), how)
+            tamper_with_lock(os.path.join(folder, name), how, outside)
 
 
 @pytest.mark.parametrize("how", TAMPERINGS)
@@ -151,7 +162,7 @@ def test_a_live_producer_whose_lock_file_is_tampered_with_loses_nothing(tmp_path
     tampered = 0
     while p.is_alive() or got != list(range(150)):
         if tampered < 5 and os.path.isdir(queue_dir(tmp_path)) and os.listdir(queue_dir(tmp_path)):
-            tamper_with_locks(queue_dir(tmp_path), how)
+            tamper_with_locks(queue_dir(tmp_path), how, outside_file(tmp_path))
             tampered += 1
         event = next(g)
         if event is not None:
@@ -163,6 +174,7 @@ def test_a_live_producer_whose_lock_file_is_tampered_with_loses_nothing(tmp_path
     assert p.exitcode == 0  # every publish of the producer succeeded
     assert got == list(range(150))  # each once, in order: none taken from the live producer
     assert tampered > 0
+    assert (tmp_path / "outside.txt").read_bytes() == OUTSIDE_TEXT
 
 
 def holding_consumer(root, holding, release, out):
@@ -187,7 +199,7 @@ def test_a_live_consumers_batch_is_not_taken_when_its_lock_file_is_tampered_with
     p.start()
     while not holding.exists():
         time.sleep(0.01)
-    tamper_with_locks(queue_dir(tmp_path), how)
+    tamper_with_locks(queue_dir(tmp_path), how, outside_file(tmp_path))
     # Many reclaim passes of a second consumer, and startup recovery: the held batch stays held.
     other = turbo_queue.dequeue(root_path=str(tmp_path), queue_name="q", wait_timeout=0,
                                 reclaim_interval=0.01)
