@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import struct
 import time
 
 import pytest
@@ -17,6 +16,7 @@ import turbo_queue
 from helpers import run_script
 from legacy_programs import LEGACY_WRITER
 from wakeup import (
+    LEASE_AT,
     SLOW,
     STARTED,
     STOP,
@@ -24,6 +24,8 @@ from wakeup import (
     busy_report,
     ctx,
     kill_leftovers,
+    lease_from_another_boot,
+    lease_in,
     process_state,
     publish,
     publish_from_a_new_process,
@@ -179,8 +181,8 @@ SHORT_WAIT = 0.2  # a wait_timeout under BELL_SLEEP_S: a follower's quiet timeou
 def planted_doorbell_page(kind):
     """A doorbell page whose lease no watcher of this boot wrote."""
     page = bytearray(4096)
-    if kind == "another boot":  # kept on disk across a restart: that boot's clock was days further on
-        struct.pack_into("=Q", page, 8, time.monotonic_ns() + 10 * 86400 * 10**9)
+    if kind == "another boot":
+        page[LEASE_AT:LEASE_AT + 8] = lease_from_another_boot()
     elif kind == "all ones":
         page[:] = b"\xff" * 4096
     else:  # random bytes: any lease, any word, any busy report
@@ -201,7 +203,7 @@ def test_a_lease_no_watcher_of_this_boot_wrote_keeps_no_one_asleep(tmp_path, kin
     wait_until(lambda: process_state(victim.pid) == "T", PROMPT_S, "the watcher to stop at watch")
     others = [start_consumer(tmp_path, f"c{i}", SHORT_WAIT) for i in range(2)]
     wait_until(lambda: all_asleep(others), PROMPT_S, "the followers to sleep")
-    assert (folder / ".doorbell").read_bytes()[8:16] == page[8:16], "a watcher wrote a lease: nothing tested"
+    assert lease_in((folder / ".doorbell").read_bytes()) == lease_in(page), "a watcher wrote a lease: nothing tested"
     expected = []
     for b in range(3):
         publish(tmp_path, [f"e{b}"])
@@ -221,8 +223,7 @@ def test_a_sleeping_watchers_lease_runs_no_further_ahead_than_readers_accept(tmp
     bell = tmp_path / "q" / ".doorbell"
     ahead = []
     for _ in range(150):  # 1.5 s: three leases or more
-        until, = struct.unpack("=Q", bell.read_bytes()[8:16])
-        ahead.append(until - time.monotonic_ns())  # (read after the lease: its writer's clock was earlier)
+        ahead.append(lease_in(bell.read_bytes()) - time.monotonic_ns())  # (read after the lease: its writer's clock was earlier)
         time.sleep(0.01)
     assert max(ahead) <= 500_000_000, max(ahead)
     assert sum(a > 0 for a in ahead) > len(ahead) // 2, "the watcher held no lease most of the time"
@@ -317,7 +318,7 @@ def test_a_consumer_that_leaves_batches_to_a_busy_one_takes_one_at_the_end_of_it
 
 @pytest.mark.parametrize("name", [".doorbell", ".watch.lock", ".reclaim.lock"])
 @pytest.mark.parametrize("kind", ["symlink", "hard link", "fifo", "directory", "empty file", "short file"])
-def test_an_unusable_doorbell_or_watch_lock_costs_wake_ups_not_events(tmp_path, name, kind):
+def test_an_unusable_doorbell_or_lock_file_costs_its_economy_not_events(tmp_path, name, kind):
     folder = tmp_path / "q"
     folder.mkdir()
     path = folder / name

@@ -106,6 +106,20 @@ def runnable_now():
         return int(f.read().split()[3].split("/")[0])
 
 
+LEASE_AT = 8  # the watcher's lease in the doorbell: "until when", CLOCK_MONOTONIC ns (see _tq_os.h)
+
+
+def lease_in(page):
+    """The watcher's lease in the bytes of a doorbell."""
+    return struct.unpack_from("=Q", page, LEASE_AT)[0]
+
+
+def lease_from_another_boot():
+    """A lease as a doorbell kept on disk across a restart carries it: that boot's clock was days
+    further on than this one's (the 8 bytes to put at LEASE_AT)."""
+    return struct.pack("=Q", time.monotonic_ns() + 10 * 86400 * 10**9)
+
+
 def busy_report(root):
     """What the last listing of queue q's folder reported in its doorbell (see _tq_os.h):
     (milliseconds of CLOCK_MONOTONIC, consumers holding a batch, producers filling one)."""

@@ -368,10 +368,10 @@ static int tq_watch_wait(int fd, double timeout, const char *prefix) {
 #define TQ_BELL_SIZE 4096
 #define TQ_BELL_LEASE_AT 8
 
-/* The longest lease a watcher takes at a time (it renews them while it sleeps). A lease that says it
- * runs further ahead than this was not written by a watcher of this boot: a doorbell kept on disk
- * across a restart (CLOCK_MONOTONIC began again, so its last lease looks days long), a process in
- * another time namespace, or bytes that were never a lease. It is taken as over, as a stopped
+/* The longest lease a watcher takes at a time (it renews them while it sleeps). A lease that says
+ * it runs further ahead than this was not written by a watcher of this boot: a doorbell kept on
+ * disk across a restart (CLOCK_MONOTONIC began again, so its last lease looks days long), a process
+ * in another time namespace, or bytes that were never a lease. It is taken as over, as a stopped
  * watcher's is, or it would keep ringers silent until the old boot's uptime came round again. */
 #define TQ_WATCH_LEASE_NS 500000000
 
@@ -385,7 +385,8 @@ static uint64_t tq_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Whether a watcher sleeps on the folder under the lease `until_ns` at `now_ns` (see TQ_WATCH_LEASE_NS). */
+/* Whether a watcher sleeps on the folder under the lease `until_ns` at `now_ns` (see
+ * TQ_WATCH_LEASE_NS). */
 static int tq_lease_runs(uint64_t until_ns, uint64_t now_ns) {
     return until_ns > now_ns && until_ns - now_ns <= (uint64_t)TQ_WATCH_LEASE_NS;
 }

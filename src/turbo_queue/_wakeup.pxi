@@ -23,9 +23,9 @@
 # wakes for them). A report older than BUSY_FRESH_MS is not used: where the consumers stopped or
 # are slow, or none listed the folder lately, every batch rings and every look claims.
 #
-# Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, hard link,
-# FIFO or another user's file planted there, a read-only folder, no futexes on this platform) a consumer
-# watches the folder itself, as every consumer once did. A doorbell truncated, removed or replaced
+# Both files are only an economy, like .reclaim.lock: where one cannot be used (a symlink, hard
+# link, FIFO or another user's file planted there, a read-only folder, no futexes on this platform)
+# a consumer watches the folder itself, as every consumer once did. A doorbell truncated, removed or replaced
 # under us is reopened.
 
 cdef bytes DOORBELL_B = b".doorbell"
